@@ -1,0 +1,4 @@
+//! Starling: an XMPP server.
+pub mod sasl;
+pub mod storage;
+pub mod xml;
