@@ -2,7 +2,9 @@
 //! top-level elements ("stanzas" and nonzas) and the stream close, enforcing the restricted
 //! XML profile and configurable limits. Sans-I/O: bytes in, events out.
 //!
-//! INTERFACE CONTRACT (stub; implementation pending).
+//! Framing is a resumable O(n) byte scan (memchr); each complete top-level element is then
+//! validated with quick-xml and kept as its raw bytes ([`Stanza`]); a tree is only built on
+//! demand ([`Stanza::element`]).
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -104,6 +106,8 @@ pub struct Stanza {
     pub lang: Option<String>,
     raw: Bytes,
     ctx: Arc<NsContext>,
+    /// Indices into `ctx.prefixes` of stream-level prefixes the stanza relies on.
+    inherited: Vec<usize>,
 }
 
 impl Stanza {
@@ -112,17 +116,48 @@ impl Stanza {
         &self.raw
     }
 
+    /// The stream-level namespace context this stanza was parsed in.
+    pub fn ns_context(&self) -> &Arc<NsContext> {
+        &self.ctx
+    }
+
+    /// Validates `raw` (one complete element) against `ctx`, as the stream parser does.
+    /// Useful to build a stanza from bytes obtained elsewhere (storage, tests).
+    pub fn parse(raw: Bytes, ctx: Arc<NsContext>) -> Result<Stanza, XmlError> {
+        let s = validate::check_chars(&raw)?;
+        let top = validate::validate(s, &ctx)?;
+        Ok(Stanza {
+            name: top.name,
+            ns: top.ns,
+            to: top.to,
+            from: top.from,
+            id: top.id,
+            type_: top.type_,
+            lang: top.lang,
+            inherited: top.inherited,
+            raw,
+            ctx,
+        })
+    }
+
     /// Full tree with namespaces resolved against the stream context.
     pub fn element(&self) -> Result<minidom::Element, XmlError> {
-        let _ = &self.ctx;
-        unimplemented!()
+        let s = std::str::from_utf8(&self.raw).map_err(|_| validate::nwf("invalid UTF-8"))?;
+        validate::build_element(s, &self.ctx)
     }
 
     /// The stanza's bytes with the top-level `from`/`to` replaced (`Some`) or kept (`None`),
     /// and any stream-level prefix declarations the stanza relies on made explicit, so the
     /// result can be written into any stream whose default namespace is the same.
-    pub fn rewrite(&self, _from: Option<&str>, _to: Option<&str>) -> Bytes {
-        unimplemented!()
+    pub fn rewrite(&self, from: Option<&str>, to: Option<&str>) -> Bytes {
+        if from.is_none() && to.is_none() && self.inherited.is_empty() {
+            return self.raw.clone();
+        }
+        match validate::rewrite(&self.raw, &self.ctx, &self.inherited, from, to) {
+            Some(v) => Bytes::from(v),
+            // Unreachable for validated input; never emit something half-rewritten.
+            None => self.raw.clone(),
+        }
     }
 }
 
@@ -134,38 +169,542 @@ pub enum Event {
     Close,
 }
 
+/// Upper bound for the stream header (and the XML declaration).
+const MAX_HEADER: usize = 8 * 1024;
+const CDATA_OPEN: &[u8] = b"[CDATA[";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the header.
+    Prolog,
+    /// Inside the stream, after the header.
+    Stream,
+    /// `</stream:stream>` seen.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TagScan {
+    end: bool,
+    /// Open quote character, 0 outside attribute values.
+    quote: u8,
+    slash: bool,
+    attrs: usize,
+    vstart: usize,
+}
+
+/// Framer state; positions are relative to the buffer, whose byte 0 is the `<` of the
+/// item being scanned (preceding whitespace is discarded).
+#[derive(Debug, Clone, Copy)]
+enum Scan {
+    /// Between items (depth 0): whitespace, then `<`.
+    Idle,
+    /// Character data inside a top-level element.
+    Text,
+    /// Just after `<`.
+    Lt,
+    /// After `<!`, with this many bytes of `[CDATA[` matched.
+    Bang(usize),
+    /// Inside a CDATA section.
+    CData,
+    /// Inside `<?...`, looking for `?>` (only at the start of the stream).
+    Decl,
+    Tag(TagScan),
+}
+
 /// Incremental parser: `feed` bytes as they arrive, then call `next_event` until `Ok(None)`.
 #[derive(Debug)]
 pub struct StreamParser {
-    _limits: Limits,
+    limits: Limits,
+    buf: bytes::BytesMut,
+    /// Next byte to examine.
+    pos: usize,
+    scan: Scan,
+    /// Open elements inside the current top-level element.
+    depth: usize,
+    phase: Phase,
+    /// Nothing but possibly a BOM seen since the start/reset (XML declaration allowed).
+    at_start: bool,
+    ctx: Arc<NsContext>,
+    /// Qualified name of the stream header, to match the closing tag.
+    header_qname: Box<[u8]>,
+    dead: Option<XmlError>,
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+enum Step {
+    /// Keep scanning.
+    Continue,
+    /// More bytes needed.
+    More,
+    /// An item is complete.
+    Item(Event),
 }
 
 impl StreamParser {
     pub fn new(limits: Limits) -> Self {
-        StreamParser { _limits: limits }
+        StreamParser {
+            limits,
+            buf: bytes::BytesMut::new(),
+            pos: 0,
+            scan: Scan::Idle,
+            depth: 0,
+            phase: Phase::Prolog,
+            at_start: true,
+            ctx: Arc::new(NsContext::default()),
+            header_qname: Box::default(),
+            dead: None,
+        }
     }
+
     /// Append received bytes.
-    pub fn feed(&mut self, _data: &[u8]) {
-        unimplemented!()
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.dead.is_none() && self.phase != Phase::Closed {
+            self.buf.extend_from_slice(data);
+        }
     }
+
     /// Next complete event; `Ok(None)` means more bytes are needed.
     pub fn next_event(&mut self) -> Result<Option<Event>, XmlError> {
-        unimplemented!()
+        if let Some(e) = &self.dead {
+            return Err(e.clone());
+        }
+        if self.phase == Phase::Closed {
+            return Ok(None);
+        }
+        match self.run() {
+            Ok(ev) => Ok(ev),
+            Err(e) => {
+                self.dead = Some(e.clone());
+                self.buf = bytes::BytesMut::new();
+                self.pos = 0;
+                Err(e)
+            }
+        }
     }
+
     /// Stream restart (after STARTTLS or SASL success): expect a new header; buffered bytes are dropped.
     pub fn reset(&mut self) {
-        unimplemented!()
+        self.buf.clear();
+        self.pos = 0;
+        self.scan = Scan::Idle;
+        self.depth = 0;
+        self.phase = Phase::Prolog;
+        self.at_start = true;
+        self.ctx = Arc::new(NsContext::default());
+        self.header_qname = Box::default();
+        self.dead = None;
     }
+
     /// Release buffer capacity while idle.
-    pub fn shrink(&mut self) {}
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = bytes::BytesMut::new();
+        }
+    }
+
+    /// Bytes currently buffered (received but not yet returned as an event).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The namespace context of the current stream (empty before the header).
+    pub fn ns_context(&self) -> &Arc<NsContext> {
+        &self.ctx
+    }
+
+    fn item_limit(&self) -> usize {
+        match self.phase {
+            Phase::Stream => self.limits.max_stanza_size,
+            _ => MAX_HEADER,
+        }
+    }
+
+    fn too_big(&self) -> XmlError {
+        match self.phase {
+            Phase::Stream => XmlError::PolicyViolation(format!(
+                "stanza larger than {} bytes",
+                self.limits.max_stanza_size
+            )),
+            _ => XmlError::PolicyViolation("stream header too large".into()),
+        }
+    }
+
+    fn run(&mut self) -> Result<Option<Event>, XmlError> {
+        loop {
+            let step = match self.scan {
+                Scan::Idle => self.step_idle()?,
+                Scan::Text => self.step_text()?,
+                Scan::Lt => self.step_lt()?,
+                Scan::Bang(n) => self.step_bang(n)?,
+                Scan::CData => self.step_cdata()?,
+                Scan::Decl => self.step_decl()?,
+                Scan::Tag(t) => self.step_tag(t)?,
+            };
+            match step {
+                Step::Continue => {}
+                Step::Item(ev) => return Ok(Some(ev)),
+                Step::More => {
+                    // Bound the incomplete item: never buffer past the limit.
+                    if !matches!(self.scan, Scan::Idle) && self.buf.len() > self.item_limit() {
+                        return Err(self.too_big());
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// End of the scan window: the bytes of the current item the limit allows us to look at.
+    fn window(&self) -> usize {
+        self.buf.len().min(self.item_limit().saturating_add(1))
+    }
+
+    fn step_idle(&mut self) -> Result<Step, XmlError> {
+        if self.at_start {
+            let b = &self.buf[..];
+            const BOM: &[u8] = b"\xEF\xBB\xBF";
+            if b.starts_with(b"\xFE\xFF")
+                || b.starts_with(b"\xFF\xFE")
+                || b.starts_with(b"\x00<")
+                || b.starts_with(b"<\x00")
+            {
+                return Err(XmlError::UnsupportedEncoding);
+            }
+            if b.len() < BOM.len() && BOM.starts_with(b) {
+                return Ok(Step::More);
+            }
+            if b.starts_with(BOM) {
+                let _ = self.buf.split_to(BOM.len());
+            }
+        }
+        let skip = self.buf.iter().position(|&b| !is_ws(b));
+        let Some(i) = skip else {
+            if !self.buf.is_empty() {
+                self.at_start = false;
+                self.buf.clear();
+            }
+            return Ok(Step::More);
+        };
+        if i > 0 {
+            self.at_start = false;
+            let _ = self.buf.split_to(i);
+        }
+        if self.buf.first() != Some(&b'<') {
+            return Err(validate::nwf(match self.phase {
+                Phase::Prolog => "data before the stream header",
+                _ => "text at the top level of the stream",
+            }));
+        }
+        self.pos = 1;
+        self.scan = Scan::Lt;
+        Ok(Step::Continue)
+    }
+
+    fn step_text(&mut self) -> Result<Step, XmlError> {
+        let end = self.window();
+        match self
+            .buf
+            .get(self.pos..end)
+            .and_then(|s| memchr::memchr(b'<', s))
+        {
+            Some(i) => {
+                self.pos += i + 1;
+                self.scan = Scan::Lt;
+                Ok(Step::Continue)
+            }
+            None => {
+                self.pos = end;
+                Ok(Step::More)
+            }
+        }
+    }
+
+    fn step_lt(&mut self) -> Result<Step, XmlError> {
+        let Some(&b) = self.buf.get(self.pos) else {
+            return Ok(Step::More);
+        };
+        let at_start = std::mem::replace(&mut self.at_start, false);
+        match b {
+            b'?' => {
+                if at_start && self.phase == Phase::Prolog {
+                    self.pos += 1;
+                    self.scan = Scan::Decl;
+                } else {
+                    return Err(XmlError::RestrictedXml(
+                        "processing instructions are not allowed",
+                    ));
+                }
+            }
+            b'!' => {
+                self.pos += 1;
+                self.scan = Scan::Bang(0);
+            }
+            b'/' => {
+                if self.phase == Phase::Prolog {
+                    return Err(validate::nwf("end tag before the stream header"));
+                }
+                self.pos += 1;
+                self.scan = Scan::Tag(TagScan {
+                    end: true,
+                    quote: 0,
+                    slash: false,
+                    attrs: 0,
+                    vstart: 0,
+                });
+            }
+            _ => {
+                if is_ws(b) || b == b'>' || b == b'<' {
+                    return Err(validate::nwf("bad tag"));
+                }
+                self.scan = Scan::Tag(TagScan {
+                    end: false,
+                    quote: 0,
+                    slash: false,
+                    attrs: 0,
+                    vstart: 0,
+                });
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    fn step_bang(&mut self, mut n: usize) -> Result<Step, XmlError> {
+        while let Some(&b) = self.buf.get(self.pos) {
+            if n == 0 {
+                match b {
+                    b'-' => return Err(XmlError::RestrictedXml("comments are not allowed")),
+                    b'[' => {
+                        if self.depth == 0 {
+                            return Err(validate::nwf("CDATA at the top level of the stream"));
+                        }
+                    }
+                    _ => {
+                        return Err(XmlError::RestrictedXml(
+                            "DTDs and entity declarations are not allowed",
+                        ))
+                    }
+                }
+            } else if CDATA_OPEN.get(n) != Some(&b) {
+                return Err(validate::nwf("bad markup declaration"));
+            }
+            n += 1;
+            self.pos += 1;
+            if n == CDATA_OPEN.len() {
+                self.scan = Scan::CData;
+                return Ok(Step::Continue);
+            }
+        }
+        self.scan = Scan::Bang(n);
+        Ok(Step::More)
+    }
+
+    fn step_cdata(&mut self) -> Result<Step, XmlError> {
+        let end = self.window();
+        let hay = self.buf.get(self.pos..end).unwrap_or_default();
+        match memchr::memmem::find(hay, b"]]>") {
+            Some(i) => {
+                self.pos += i + 3;
+                self.scan = Scan::Text;
+                Ok(Step::Continue)
+            }
+            None => {
+                // Keep the last two bytes: they may start a "]]>" split across feeds.
+                self.pos = end.saturating_sub(2).max(self.pos);
+                Ok(Step::More)
+            }
+        }
+    }
+
+    fn step_decl(&mut self) -> Result<Step, XmlError> {
+        let end = self.window();
+        let hay = self.buf.get(self.pos..end).unwrap_or_default();
+        match memchr::memmem::find(hay, b"?>") {
+            Some(i) => {
+                let stop = self.pos + i + 2;
+                let decl = self.buf.split_to(stop);
+                let s = validate::check_chars(&decl)?;
+                validate::check_decl(s)?;
+                self.pos = 0;
+                self.scan = Scan::Idle;
+                Ok(Step::Continue)
+            }
+            None => {
+                self.pos = end.saturating_sub(1).max(self.pos);
+                Ok(Step::More)
+            }
+        }
+    }
+
+    fn step_tag(&mut self, mut t: TagScan) -> Result<Step, XmlError> {
+        let end = self.window();
+        loop {
+            if t.quote != 0 {
+                let hay = self.buf.get(self.pos..end).unwrap_or_default();
+                match memchr::memchr2(t.quote, b'<', hay) {
+                    Some(i) => {
+                        let p = self.pos + i;
+                        if self.buf.get(p) == Some(&b'<') {
+                            return Err(validate::nwf("'<' in attribute value"));
+                        }
+                        if p - t.vstart > self.limits.max_attribute_len {
+                            return Err(XmlError::PolicyViolation(
+                                "attribute value too long".into(),
+                            ));
+                        }
+                        t.quote = 0;
+                        self.pos = p + 1;
+                    }
+                    None => {
+                        if end.saturating_sub(t.vstart) > self.limits.max_attribute_len {
+                            return Err(XmlError::PolicyViolation(
+                                "attribute value too long".into(),
+                            ));
+                        }
+                        self.pos = end;
+                        self.scan = Scan::Tag(t);
+                        return Ok(Step::More);
+                    }
+                }
+                continue;
+            }
+            let Some(&b) = self.buf.get(self.pos..end).and_then(|s| s.first()) else {
+                self.scan = Scan::Tag(t);
+                return Ok(Step::More);
+            };
+            self.pos += 1;
+            if t.slash && b != b'>' {
+                return Err(validate::nwf("'/' inside a tag"));
+            }
+            match b {
+                b'>' => return self.finish_tag(t),
+                b'\'' | b'"' => {
+                    if t.end {
+                        return Err(validate::nwf("attribute in an end tag"));
+                    }
+                    t.attrs += 1;
+                    if t.attrs > self.limits.max_attributes {
+                        return Err(XmlError::PolicyViolation("too many attributes".into()));
+                    }
+                    t.quote = b;
+                    t.vstart = self.pos;
+                }
+                b'/' => {
+                    if t.end {
+                        return Err(validate::nwf("'/' inside an end tag"));
+                    }
+                    t.slash = true;
+                }
+                b'<' => return Err(validate::nwf("'<' inside a tag")),
+                _ => {}
+            }
+        }
+    }
+
+    fn finish_tag(&mut self, t: TagScan) -> Result<Step, XmlError> {
+        if self.pos > self.item_limit() {
+            return Err(self.too_big());
+        }
+        if t.end {
+            if self.depth == 0 {
+                // The stream close: must match the header's name.
+                let tag = self.buf.split_to(self.pos);
+                let name = tag.get(2..tag.len().saturating_sub(1)).unwrap_or_default();
+                let name_end = name.iter().position(|&b| is_ws(b)).unwrap_or(name.len());
+                let (n, rest) = name.split_at(name_end);
+                if n != &*self.header_qname || !rest.iter().all(|&b| is_ws(b)) {
+                    return Err(validate::nwf("end tag does not match the stream header"));
+                }
+                self.pos = 0;
+                self.scan = Scan::Idle;
+                self.phase = Phase::Closed;
+                self.buf = bytes::BytesMut::new();
+                return Ok(Step::Item(Event::Close));
+            }
+            self.depth -= 1;
+            if self.depth == 0 {
+                return self.complete().map(Step::Item);
+            }
+            self.scan = Scan::Text;
+            return Ok(Step::Continue);
+        }
+        if self.phase == Phase::Prolog {
+            let tag = self.buf.split_to(self.pos);
+            self.pos = 0;
+            self.scan = Scan::Idle;
+            if t.slash {
+                return Err(XmlError::BadFormat("empty stream header".into()));
+            }
+            let s = validate::check_chars(&tag)?;
+            let (hdr, ctx) = validate::parse_header(s)?;
+            let qlen = tag
+                .iter()
+                .skip(1)
+                .position(|&b| is_ws(b) || b == b'>' || b == b'/')
+                .unwrap_or(0);
+            self.header_qname = tag.get(1..1 + qlen).unwrap_or_default().into();
+            self.ctx = Arc::new(ctx);
+            self.phase = Phase::Stream;
+            return Ok(Step::Item(Event::Open(hdr)));
+        }
+        if self.depth + 1 > self.limits.max_depth {
+            return Err(XmlError::PolicyViolation(
+                "elements nested too deeply".into(),
+            ));
+        }
+        if t.slash {
+            if self.depth == 0 {
+                return self.complete().map(Step::Item);
+            }
+        } else {
+            self.depth += 1;
+        }
+        self.scan = Scan::Text;
+        Ok(Step::Continue)
+    }
+
+    /// The top-level element occupies `buf[..pos]`: split it off and validate it.
+    fn complete(&mut self) -> Result<Event, XmlError> {
+        let raw = self.buf.split_to(self.pos).freeze();
+        self.pos = 0;
+        self.scan = Scan::Idle;
+        Stanza::parse(raw, self.ctx.clone()).map(Event::Stanza)
+    }
 }
 
 /// Serialize an element (as produced by handlers) to bytes for writing into a stream.
-pub fn to_bytes(_el: &minidom::Element) -> Bytes {
-    unimplemented!()
+pub fn to_bytes(el: &minidom::Element) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    match el.write_to(&mut out) {
+        Ok(()) => Bytes::from(out),
+        Err(_) => Bytes::new(),
+    }
 }
 
 /// Escape text for use in an attribute value or character data.
 pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
-    std::borrow::Cow::Borrowed(s)
+    let needs = |b: u8| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"');
+    let Some(first) = s.bytes().position(needs) else {
+        return std::borrow::Cow::Borrowed(s);
+    };
+    let mut out = String::with_capacity(s.len() + 16);
+    out.push_str(&s[..first]);
+    for c in s[first..].chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
+
+#[cfg(test)]
+mod tests;
+mod validate;
