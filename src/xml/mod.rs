@@ -235,6 +235,7 @@ fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
+#[allow(clippy::large_enum_variant)] // short-lived, returned by value once per event
 enum Step {
     /// Keep scanning.
     Continue,
@@ -319,6 +320,14 @@ impl StreamParser {
     fn item_limit(&self) -> usize {
         match self.phase {
             Phase::Stream => self.limits.max_stanza_size,
+            _ => MAX_HEADER,
+        }
+    }
+
+    /// Per-value limit; the header is only bounded as a whole (by `MAX_HEADER`).
+    fn attr_len_limit(&self) -> usize {
+        match self.phase {
+            Phase::Stream => self.limits.max_attribute_len,
             _ => MAX_HEADER,
         }
     }
@@ -550,7 +559,7 @@ impl StreamParser {
                         if self.buf.get(p) == Some(&b'<') {
                             return Err(validate::nwf("'<' in attribute value"));
                         }
-                        if p - t.vstart > self.limits.max_attribute_len {
+                        if p - t.vstart > self.attr_len_limit() {
                             return Err(XmlError::PolicyViolation(
                                 "attribute value too long".into(),
                             ));
@@ -559,7 +568,7 @@ impl StreamParser {
                         self.pos = p + 1;
                     }
                     None => {
-                        if end.saturating_sub(t.vstart) > self.limits.max_attribute_len {
+                        if end.saturating_sub(t.vstart) > self.attr_len_limit() {
                             return Err(XmlError::PolicyViolation(
                                 "attribute value too long".into(),
                             ));
@@ -586,7 +595,7 @@ impl StreamParser {
                         return Err(validate::nwf("attribute in an end tag"));
                     }
                     t.attrs += 1;
-                    if t.attrs > self.limits.max_attributes {
+                    if t.attrs > self.limits.max_attributes && self.phase == Phase::Stream {
                         return Err(XmlError::PolicyViolation("too many attributes".into()));
                     }
                     t.quote = b;
