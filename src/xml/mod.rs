@@ -189,6 +189,8 @@ struct TagScan {
     /// Open quote character, 0 outside attribute values.
     quote: u8,
     slash: bool,
+    /// The previous byte closed an attribute value (whitespace, `/` or `>` must follow).
+    after_value: bool,
     attrs: usize,
     vstart: usize,
 }
@@ -461,6 +463,7 @@ impl StreamParser {
                     end: true,
                     quote: 0,
                     slash: false,
+                    after_value: false,
                     attrs: 0,
                     vstart: 0,
                 });
@@ -473,6 +476,7 @@ impl StreamParser {
                     end: false,
                     quote: 0,
                     slash: false,
+                    after_value: false,
                     attrs: 0,
                     vstart: 0,
                 });
@@ -565,6 +569,7 @@ impl StreamParser {
                             ));
                         }
                         t.quote = 0;
+                        t.after_value = true;
                         self.pos = p + 1;
                     }
                     None => {
@@ -587,6 +592,9 @@ impl StreamParser {
             self.pos += 1;
             if t.slash && b != b'>' {
                 return Err(validate::nwf("'/' inside a tag"));
+            }
+            if std::mem::take(&mut t.after_value) && !(is_ws(b) || b == b'/' || b == b'>') {
+                return Err(validate::nwf("missing whitespace between attributes"));
             }
             match b {
                 b'>' => return self.finish_tag(t),

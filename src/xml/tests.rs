@@ -309,6 +309,9 @@ fn well_formedness_errors() {
     assert!(is_nwf(err_of("<message to='a' to='b'/>")));
     assert!(is_nwf(err_of("<message to=a/>")));
     assert!(is_nwf(err_of("<message to/>")));
+    assert!(is_nwf(err_of("<message to='a'id='b'/>")));
+    assert!(is_nwf(err_of("<message><body>]]></body></message>")));
+    assert!(is_nwf(err_of("<message xmlns:x=''/>")));
     assert!(is_nwf(err_of("<message to='a<b'/>")));
     assert!(is_nwf(err_of("<message><body>x</body ></message x='1'>")));
     assert!(is_nwf(err_of("<message/ >")));
