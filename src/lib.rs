@@ -1,4 +1,20 @@
-//! Starling: an XMPP server.
+//! Starling: an XMPP server (RFC 6120/6121).
+//!
+//! Layout follows the protocol areas: `xml` frames streams, `c2s` negotiates and runs client
+//! sessions, `router` holds the session registry, `roster`/`presence`/`message`/`offline`
+//! implement RFC 6121, `modules` holds IQ handlers that declare their namespaces and disco
+//! features, `storage` persists per domain over SQLite or PostgreSQL.
+pub mod c2s;
+pub mod config;
+pub mod message;
+pub mod modules;
+pub mod offline;
+pub mod presence;
+pub mod roster;
+pub mod router;
 pub mod sasl;
+pub mod server;
+pub mod stanza;
 pub mod storage;
+pub mod tls;
 pub mod xml;

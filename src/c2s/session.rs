@@ -1,0 +1,279 @@
+//! The life of a bound client session: read stanzas, stamp and check addresses (RFC 6120
+//! §8.1.2), dispatch them to the message/presence/IQ handling, write what the router queues
+//! for us, keep the connection alive, and clean up (unavailable presence, unbind) at the end.
+
+use crate::stanza::ElementExt;
+use bytes::BytesMut;
+use jid::{BareJid, FullJid, Jid};
+use minidom::Element;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+use super::negotiate::Bound;
+use super::{Conn, End};
+use crate::modules::{IqRequest, Scope};
+use crate::router::{Deliver, Kick, SessionHandle};
+use crate::server::ServerState;
+use crate::stanza::{error_reply, iq_result, parse_jid, Condition, StanzaError};
+use crate::xml::{self, Event, Stanza, NS_CLIENT};
+
+/// What stanza handling needs to know about the sending session.
+pub struct Ctx<'a> {
+    pub server: &'a Arc<ServerState>,
+    pub jid: &'a FullJid,
+    pub bare: &'a BareJid,
+    pub handle: &'a SessionHandle,
+}
+
+impl Ctx<'_> {
+    /// (domain, localpart) for storage calls.
+    pub fn user(&self) -> (&str, &str) {
+        (
+            self.bare.domain().as_str(),
+            self.bare.node().map(|n| n.as_str()).unwrap_or(""),
+        )
+    }
+}
+
+/// Append a serialized element to a session's own output.
+pub fn push_el(out: &mut BytesMut, el: &Element) {
+    out.extend_from_slice(&xml::to_bytes(el));
+}
+
+/// Answer a stanza with an error, sent back to the session that sent it.
+pub fn bounce(out: &mut BytesMut, st: &Stanza, from: &FullJid, err: StanzaError) {
+    if st.type_.as_deref() == Some("error") {
+        return; // never answer an error with an error (RFC 6120 §8.3.1)
+    }
+    if let Ok(mut el) = st.element() {
+        el.put_attr("from", from.as_str());
+        out.extend_from_slice(&xml::to_bytes(&error_reply(&el, &err)));
+    }
+}
+
+struct Session {
+    conn: Conn,
+    jid: FullJid,
+    bare: BareJid,
+    handle: SessionHandle,
+    rx: mpsc::Receiver<Deliver>,
+    kick: watch::Receiver<Option<Kick>>,
+    presence: crate::presence::PresenceState,
+}
+
+pub async fn run(conn: Conn, b: Bound) {
+    let bare = b.jid.to_bare();
+    let mut s = Session {
+        conn,
+        jid: b.jid,
+        bare,
+        handle: b.handle,
+        rx: b.rx,
+        kick: b.kick,
+        presence: Default::default(),
+    };
+    let end = s.main_loop().await;
+    s.cleanup().await;
+    tracing::info!(jid = %s.jid, reason = ?end, "session ended");
+    s.conn.finish(end).await;
+}
+
+impl Session {
+    async fn main_loop(&mut self) -> End {
+        let cfg = &self.conn.state.config.c2s;
+        let idle = Duration::from_secs(cfg.idle_timeout_secs.max(1));
+        let keepalive = Duration::from_secs(cfg.keepalive_secs.max(1));
+        let mut shutdown = self.conn.state.shutdown.clone();
+        if *shutdown.borrow() {
+            return End::Error("system-shutdown", None);
+        }
+        loop {
+            if let Err(e) = self.drain_parser().await {
+                return e;
+            }
+            if let Err(e) = self.conn.flush().await {
+                return e;
+            }
+            self.conn.shrink();
+            let deadline = (self.conn.last_read + idle).min(self.conn.last_write + keepalive);
+            tokio::select! {
+                biased;
+                changed = self.kick.changed() => {
+                    let kick = *self.kick.borrow();
+                    if let (Ok(()), Some(k)) = (changed, kick) {
+                        return End::Error(k.condition(), None);
+                    }
+                }
+                _ = shutdown.changed() => return End::Error("system-shutdown", None),
+                d = self.rx.recv() => {
+                    let Some(d) = d else { return End::Io };
+                    self.deliver(d);
+                    // Batch whatever else is queued into one write.
+                    while self.conn.out.len() < 64 * 1024 {
+                        match self.rx.try_recv() {
+                            Ok(d) => self.deliver(d),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                r = self.conn.read_some() => match r {
+                    Ok(true) => {}
+                    Ok(false) => return End::PeerClosed,
+                    Err(e) => return e,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= self.conn.last_read + idle {
+                        return End::Error("connection-timeout", Some("idle for too long".into()));
+                    }
+                    // RFC 6120 §4.6.1: whitespace keepalive.
+                    self.conn.write_bytes(b" ");
+                }
+            }
+        }
+    }
+
+    async fn drain_parser(&mut self) -> Result<(), End> {
+        loop {
+            match self.conn.parser.next_event()? {
+                Some(Event::Stanza(st)) => self.handle_stanza(st).await?,
+                Some(Event::Close) => return Err(End::PeerClosed),
+                Some(Event::Open(_)) => {
+                    return Err(End::Error("bad-format", Some("unexpected stream header".into())))
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: Deliver) {
+        match d {
+            Deliver::Bytes(b) => self.conn.write_bytes(&b),
+            Deliver::RosterPush(el) => {
+                if self.handle.interested.load(Ordering::Relaxed) {
+                    let mut el = (*el).clone();
+                    el.put_attr("to", self.jid.as_str());
+                    self.conn.write_el(&el);
+                }
+            }
+        }
+    }
+
+    async fn handle_stanza(&mut self, st: Stanza) -> Result<(), End> {
+        if st.ns != NS_CLIENT || !matches!(st.name.as_str(), "message" | "presence" | "iq") {
+            return Err(End::Error("unsupported-stanza-type", Some(format!("<{}/> in {}", st.name, st.ns))));
+        }
+        // RFC 6120 §8.1.2.1: a 'from' must be this session's own address.
+        if let Some(from) = st.from.as_deref() {
+            match parse_jid(from) {
+                Ok(j) if j == Jid::from(self.jid.clone()) || j == Jid::from(self.bare.clone()) => {}
+                _ => return Err(End::Error("invalid-from", None)),
+            }
+        }
+        let to = match st.to.as_deref().map(parse_jid) {
+            None => None,
+            Some(Ok(j)) => Some(j),
+            Some(Err(e)) => {
+                bounce(&mut self.conn.out, &st, &self.jid, e);
+                return Ok(());
+            }
+        };
+        let ctx = Ctx {
+            server: &self.conn.state,
+            jid: &self.jid,
+            bare: &self.bare,
+            handle: &self.handle,
+        };
+        match st.name.as_str() {
+            "message" => crate::message::outbound(&ctx, &st, to, &mut self.conn.out).await,
+            "presence" => {
+                crate::presence::outbound(&ctx, &mut self.presence, &st, to, &mut self.conn.out).await
+            }
+            _ => iq(&ctx, &st, to, &mut self.conn.out).await?,
+        }
+        Ok(())
+    }
+
+    async fn cleanup(&mut self) {
+        let ctx = Ctx {
+            server: &self.conn.state,
+            jid: &self.jid,
+            bare: &self.bare,
+            handle: &self.handle,
+        };
+        crate::presence::disconnected(&ctx, &mut self.presence).await;
+        self.conn
+            .state
+            .router
+            .unbind(self.bare.as_str(), self.jid.resource().as_str(), self.handle.id);
+    }
+}
+
+/// RFC 6120 §8.2.3 / RFC 6121 §8.5: IQ routing and local handling.
+async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> Result<(), End> {
+    let kind = st.type_.as_deref();
+    let is_request = matches!(kind, Some("get" | "set"));
+    if !is_request && !matches!(kind, Some("result" | "error")) || st.id.is_none() {
+        bounce(out, st, ctx.jid, StanzaError::new(Condition::BadRequest));
+        return Ok(());
+    }
+    let target = to.unwrap_or_else(|| Jid::from(ctx.bare.clone()));
+    let domain = target.domain().as_str();
+    if !ctx.server.serves(domain) {
+        // No server-to-server yet: every remote domain is unreachable.
+        if is_request {
+            bounce(out, st, ctx.jid, StanzaError::new(Condition::RemoteServerNotFound));
+        }
+        return Ok(());
+    }
+    if let Some(resource) = target.resource() {
+        // To a full JID: route to that resource, or answer for it (RFC 6121 §8.5.3.2.1).
+        let bare = target.to_bare();
+        let bytes = st.rewrite(Some(ctx.jid.as_str()), None);
+        let delivered = target.node().is_some()
+            && ctx.server.router.send_full(bare.as_str(), resource.as_str(), Deliver::Bytes(bytes));
+        if !delivered && is_request {
+            bounce(out, st, ctx.jid, StanzaError::new(Condition::ServiceUnavailable));
+        }
+        return Ok(());
+    }
+    if !is_request {
+        return Ok(()); // results/errors for the server or a bare JID end here
+    }
+    let el = st.element()?;
+    let mut children = el.children();
+    let (Some(payload), None) = (children.next(), children.next()) else {
+        bounce(out, st, ctx.jid, StanzaError::new(Condition::BadRequest));
+        return Ok(());
+    };
+    let scope = if target.node().is_some() { Scope::Account } else { Scope::Server };
+    let bare_target = target.to_bare();
+    let result = match ctx.server.modules.for_iq(scope, payload.ns().as_str()) {
+        Some(m) => {
+            m.handle_iq(IqRequest {
+                server: ctx.server,
+                from: Some(ctx.jid),
+                to: &bare_target,
+                scope,
+                set: kind == Some("set"),
+                payload,
+                session: Some(ctx.handle),
+            })
+            .await
+        }
+        None => Err(StanzaError::new(Condition::ServiceUnavailable)),
+    };
+    let reply_from = st.to.as_ref().map(|_| target.as_str());
+    let reply = match result {
+        Ok(p) => iq_result(st.id.as_deref().unwrap_or(""), reply_from, Some(ctx.jid.as_str()), p),
+        Err(e) => {
+            let mut orig = el.clone();
+            orig.put_attr("from", ctx.jid.as_str());
+            error_reply(&orig, &e)
+        }
+    };
+    push_el(out, &reply);
+    Ok(())
+}

@@ -1,0 +1,450 @@
+//! Configuration: one TOML file deserialized into typed sections, with every key
+//! overridable by `STARLING__SECTION__KEY` environment variables (the contract scripts use).
+//! Unknown keys are rejected with the key named, so a typo never silently falls back to a
+//! default. Every limit the network can push against lives here with a safe default.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// One domain or a list of virtual hosts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Domains {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The XMPP domain(s) served (virtual hosts).
+    pub domain: Domains,
+    /// Directory for the SQLite file, the generated certificate and later uploads.
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub database: Database,
+    pub registration: Registration,
+    pub tls: Tls,
+    pub c2s: C2s,
+    pub limits: LimitsConfig,
+    pub offline: Offline,
+    pub auth: Auth,
+    pub server_info: ServerInfo,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Client-to-server with STARTTLS (RFC 6120). Empty disables.
+    pub c2s: String,
+    /// Client-to-server with direct TLS (XEP-0368). Empty disables.
+    pub c2s_direct_tls: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// `sqlite://PATH` or `postgres://user:pass@host/db`. Empty: `sqlite://<data_dir>/starling.db`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Registration {
+    /// XEP-0077 in-band registration of new accounts.
+    pub open: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain; when both are empty a self-signed one is generated into data_dir.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct C2s {
+    /// Refuse to authenticate before TLS. Turning this off is for loopback debugging only.
+    pub require_tls: bool,
+    /// Close a client connection silent for this long (whitespace keepalives count).
+    pub idle_timeout_secs: u64,
+    /// Time allowed from TCP accept to a bound resource.
+    pub login_timeout_secs: u64,
+    /// Send a whitespace keepalive after this long without outbound traffic.
+    pub keepalive_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest stanza accepted, in bytes (RFC 6120 §13.12: at least 10 000).
+    pub max_stanza_size: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_depth: usize,
+    /// Most attributes on one element.
+    pub max_attributes: usize,
+    /// Longest attribute value, in bytes.
+    pub max_attribute_len: usize,
+    /// Stanzas queued for one session before it is disconnected as too slow.
+    pub session_queue: usize,
+    /// Most concurrent client connections.
+    pub max_connections: usize,
+    /// Most failed authentication attempts on one stream before it is closed.
+    pub max_auth_failures: u32,
+    /// Most resources bound for one account at once.
+    pub max_resources: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Offline {
+    /// XEP-0160 per-user cap on stored messages; further messages bounce.
+    pub max_messages: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// PBKDF2 iterations for new SCRAM credentials (RFC 7677 asks for at least 4096).
+    pub scram_iterations: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerInfo {
+    /// XEP-0157 contact addresses, e.g. ["mailto:admin@example.org", "xmpp:admin@example.org"].
+    pub admin_addresses: Vec<String>,
+    pub abuse_addresses: Vec<String>,
+    pub support_addresses: Vec<String>,
+    pub security_addresses: Vec<String>,
+    /// Answer XEP-0092 version queries with the OS name too.
+    pub version_show_os: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// tracing filter, e.g. "info" or "starling=debug". RUST_LOG wins when set.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: Domains::One("localhost".into()),
+            data_dir: PathBuf::from("./data"),
+            listen: Listen::default(),
+            database: Database::default(),
+            registration: Registration::default(),
+            tls: Tls::default(),
+            c2s: C2s::default(),
+            limits: LimitsConfig::default(),
+            offline: Offline::default(),
+            auth: Auth::default(),
+            server_info: ServerInfo::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            c2s: "127.0.0.1:5222".into(),
+            c2s_direct_tls: "127.0.0.1:5223".into(),
+        }
+    }
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database { url: String::new() }
+    }
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        Registration { open: false }
+    }
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            cert: String::new(),
+            key: String::new(),
+        }
+    }
+}
+
+impl Default for C2s {
+    fn default() -> Self {
+        C2s {
+            require_tls: true,
+            idle_timeout_secs: 600,
+            login_timeout_secs: 60,
+            keepalive_secs: 300,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_stanza_size: 256 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+            max_attribute_len: 8 * 1024,
+            session_queue: 1024,
+            max_connections: 100_000,
+            max_auth_failures: 3,
+            max_resources: 32,
+        }
+    }
+}
+
+impl Default for Offline {
+    fn default() -> Self {
+        Offline { max_messages: 1000 }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            scram_iterations: 4096,
+        }
+    }
+}
+
+impl Default for ServerInfo {
+    fn default() -> Self {
+        ServerInfo {
+            admin_addresses: Vec::new(),
+            abuse_addresses: Vec::new(),
+            support_addresses: Vec::new(),
+            security_addresses: Vec::new(),
+            version_show_os: false,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "STARLING__";
+
+impl Config {
+    /// Load from an optional file, then apply environment overrides, then validate.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_parts(&text, std::env::vars())
+    }
+
+    /// Build from TOML text and `(name, value)` environment pairs (testable without touching
+    /// the process environment).
+    pub fn from_parts(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut root: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::Invalid(format!("config file: {e}")))?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if path.iter().any(|p| p.is_empty()) {
+                return Err(ConfigError::Invalid(format!("malformed variable {name}")));
+            }
+            set_path(&mut root, &path, env_value(&value))
+                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+        }
+        let config: Config = toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let domains = self.domains();
+        if domains.is_empty() {
+            return bad("domain: at least one domain is required".into());
+        }
+        for d in &domains {
+            if jid::BareJid::new(d).map(|j| j.node().is_some()).unwrap_or(true) {
+                return bad(format!("domain: {d:?} is not a valid domain"));
+            }
+        }
+        for (key, value) in [
+            ("listen.c2s", &self.listen.c2s),
+            ("listen.c2s_direct_tls", &self.listen.c2s_direct_tls),
+        ] {
+            if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
+                return bad(format!("{key}: {value:?} is not an address:port"));
+            }
+        }
+        if self.limits.max_stanza_size < 10_000 {
+            return bad("limits.max_stanza_size: RFC 6120 requires at least 10000".into());
+        }
+        if self.limits.session_queue == 0 || self.limits.max_depth == 0 {
+            return bad("limits: session_queue and max_depth must be positive".into());
+        }
+        if self.auth.scram_iterations < 4096 {
+            return bad("auth.scram_iterations: at least 4096 (RFC 7677)".into());
+        }
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            return bad("tls: set both cert and key, or neither".into());
+        }
+        let url = self.database_url();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return bad(format!("database.url: unsupported scheme in {url:?}"));
+        }
+        Ok(())
+    }
+
+    /// Served domains, normalized to lower case.
+    pub fn domains(&self) -> Vec<String> {
+        let list = match &self.domain {
+            Domains::One(d) => d.split(',').map(str::to_string).collect(),
+            Domains::Many(v) => v.clone(),
+        };
+        list.into_iter()
+            .map(|d| d.trim().to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .collect()
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("starling.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    pub fn xml_limits(&self) -> crate::xml::Limits {
+        crate::xml::Limits {
+            max_stanza_size: self.limits.max_stanza_size,
+            max_depth: self.limits.max_depth,
+            max_attributes: self.limits.max_attributes,
+            max_attribute_len: self.limits.max_attribute_len,
+        }
+    }
+}
+
+/// An environment value is parsed as a TOML value when it is one (`true`, `42`, `["a"]`),
+/// and taken as a string otherwise (`127.0.0.1:5222`).
+fn env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty key".into()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("{first} is not a section")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_serve_localhost() {
+        let c = Config::from_parts("", env(&[])).unwrap();
+        assert_eq!(c.domains(), vec!["localhost"]);
+        assert_eq!(c.listen.c2s, "127.0.0.1:5222");
+        assert!(c.c2s.require_tls);
+        assert_eq!(c.database_url(), "sqlite://./data/starling.db");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = Config::from_parts(
+            "domain = \"example.org\"\n[listen]\nc2s = \"127.0.0.1:1\"\n",
+            env(&[
+                ("STARLING__LISTEN__C2S", "127.0.0.1:15222"),
+                ("STARLING__REGISTRATION__OPEN", "true"),
+                ("STARLING__C2S__REQUIRE_TLS", "false"),
+                ("STARLING__DOMAIN", "a.example,b.example"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.c2s, "127.0.0.1:15222");
+        assert!(c.registration.open);
+        assert!(!c.c2s.require_tls);
+        assert_eq!(c.domains(), vec!["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_parts("[listen]\nc2ss = \"x\"\n", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("c2ss"), "{e}");
+        let e = Config::from_parts("", env(&[("STARLING__NOPE__X", "1")])).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(Config::from_parts("[limits]\nmax_stanza_size = 100\n", env(&[])).is_err());
+        assert!(Config::from_parts("[listen]\nc2s = \"nowhere\"\n", env(&[])).is_err());
+        assert!(Config::from_parts("[tls]\ncert = \"a.pem\"\n", env(&[])).is_err());
+        assert!(Config::from_parts("domain = \"user@host\"\n", env(&[])).is_err());
+    }
+}

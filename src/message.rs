@@ -1,0 +1,56 @@
+//! One-to-one messages (RFC 6121 §5, §8.5): routing by type to full or bare JIDs, falling back
+//! to offline storage for chat/normal messages when no resource can take them.
+
+use bytes::BytesMut;
+use jid::Jid;
+
+use crate::c2s::session::{bounce, Ctx};
+use crate::router::Deliver;
+use crate::stanza::{Condition, StanzaError};
+use crate::xml::Stanza;
+
+pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) {
+    // §5.2.2: an absent or unknown type is 'normal'.
+    let kind = match st.type_.as_deref() {
+        Some(t @ ("chat" | "groupchat" | "headline" | "error")) => t,
+        _ => "normal",
+    };
+    let target = to.unwrap_or_else(|| Jid::from(ctx.bare.clone()));
+    if !ctx.server.serves(target.domain().as_str()) {
+        if kind != "error" {
+            bounce(out, st, ctx.jid, StanzaError::new(Condition::RemoteServerNotFound));
+        }
+        return;
+    }
+    if target.node().is_none() {
+        return; // addressed to the server itself: nothing here consumes messages yet
+    }
+    let router = &ctx.server.router;
+    let bare = target.to_bare();
+    let bytes = st.rewrite(Some(ctx.jid.as_str()), None);
+    if let Some(r) = target.resource() {
+        if router.send_full(bare.as_str(), r.as_str(), Deliver::Bytes(bytes.clone())) {
+            return;
+        }
+        // §8.5.3.2.1: no such resource.
+        match kind {
+            "groupchat" => return bounce(out, st, ctx.jid, StanzaError::new(Condition::ServiceUnavailable)),
+            "headline" | "error" => return,
+            _ => {} // chat/normal: treated as addressed to the bare JID
+        }
+    }
+    match kind {
+        "groupchat" => bounce(out, st, ctx.jid, StanzaError::new(Condition::ServiceUnavailable)),
+        "headline" => {
+            router.send_message_bare(bare.as_str(), &bytes);
+        }
+        "error" => {
+            router.send_message_bare(bare.as_str(), &bytes);
+        }
+        _ => {
+            if router.send_message_bare(bare.as_str(), &bytes) == 0 {
+                crate::offline::store_or_bounce(ctx, st, &bare, out).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Handler registry. Each protocol area is a [`Module`] that declares the IQ payload
+//! namespaces it serves (per addressing scope) and the disco features it contributes; the
+//! core dispatches by namespace and knows no XEP by name (Prosody's `module:hook` shape).
+
+use jid::{BareJid, FullJid};
+use minidom::Element;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::router::SessionHandle;
+use crate::server::ServerState;
+use crate::stanza::StanzaError;
+
+pub mod disco;
+pub mod last;
+pub mod ping;
+pub mod register;
+pub mod session;
+pub mod time;
+pub mod version;
+
+/// Who an IQ is addressed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// The server's domain (`to='example.org'`).
+    Server,
+    /// An account's bare JID (`to='user@example.org'`, or no `to` at all: the sender's own).
+    Account,
+}
+
+pub type IqFuture<'a> = Pin<Box<dyn Future<Output = Result<Option<Element>, StanzaError>> + Send + 'a>>;
+
+/// One IQ get/set for a handler.
+pub struct IqRequest<'a> {
+    pub server: &'a Arc<ServerState>,
+    /// The authenticated sender; None before authentication (XEP-0077 registration).
+    pub from: Option<&'a FullJid>,
+    /// The addressed domain or account.
+    pub to: &'a BareJid,
+    pub scope: Scope,
+    /// type='set' (true) or 'get' (false).
+    pub set: bool,
+    /// The single child element of the IQ.
+    pub payload: &'a Element,
+    /// The requesting session, when it has one.
+    pub session: Option<&'a SessionHandle>,
+}
+
+impl IqRequest<'_> {
+    /// True when an account addresses itself (its own bare JID or no `to`).
+    pub fn is_self(&self) -> bool {
+        self.from.map(|f| f.to_bare() == *self.to).unwrap_or(false)
+    }
+}
+
+pub trait Module: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// (scope, payload namespace) pairs this module answers.
+    fn iq_namespaces(&self) -> &'static [(Scope, &'static str)] {
+        &[]
+    }
+    /// Features listed in the server's disco#info.
+    fn server_features(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Features listed in an account's disco#info.
+    fn account_features(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// XEP-0128 extension forms for the server's disco#info.
+    fn server_info_forms(&self, _server: &ServerState) -> Vec<Element> {
+        Vec::new()
+    }
+    /// Stream features this module adds (RFC 6120 §4.3.2), before or after authentication.
+    fn stream_features(&self, _server: &ServerState, _authenticated: bool) -> Vec<Element> {
+        Vec::new()
+    }
+    /// Answer a get/set: Ok(Some(payload)) or Ok(None) for an empty result.
+    fn handle_iq<'a>(&'a self, req: IqRequest<'a>) -> IqFuture<'a>;
+}
+
+#[derive(Default)]
+pub struct Modules {
+    list: Vec<Arc<dyn Module>>,
+    by_ns: HashMap<(Scope, &'static str), usize>,
+}
+
+impl Modules {
+    pub fn add(&mut self, m: Arc<dyn Module>) {
+        let idx = self.list.len();
+        for &(scope, ns) in m.iq_namespaces() {
+            if self.by_ns.insert((scope, ns), idx).is_some() {
+                tracing::warn!(ns, module = m.name(), "IQ namespace registered twice");
+            }
+        }
+        self.list.push(m);
+    }
+
+    pub fn for_iq(&self, scope: Scope, ns: &str) -> Option<&Arc<dyn Module>> {
+        self.by_ns.get(&(scope, ns)).and_then(|&i| self.list.get(i))
+    }
+
+    pub fn all(&self) -> &[Arc<dyn Module>] {
+        &self.list
+    }
+
+    /// The standard set of modules every server runs.
+    pub fn standard() -> Modules {
+        let mut m = Modules::default();
+        m.add(Arc::new(disco::Disco));
+        m.add(Arc::new(ping::Ping));
+        m.add(Arc::new(version::Version));
+        m.add(Arc::new(time::EntityTime));
+        m.add(Arc::new(last::LastActivity));
+        m.add(Arc::new(register::Register));
+        m.add(Arc::new(session::LegacySession));
+        m.add(Arc::new(crate::roster::RosterModule));
+        m.add(Arc::new(crate::offline::OfflineModule));
+        m.add(Arc::new(disco::ContactAddresses));
+        m
+    }
+}

@@ -1,0 +1,27 @@
+//! XEP-0199 XMPP Ping: the server answers pings addressed to it.
+use super::{IqFuture, IqRequest, Module, Scope};
+
+pub const NS: &str = "urn:xmpp:ping";
+
+pub struct Ping;
+
+impl Module for Ping {
+    fn name(&self) -> &'static str {
+        "ping"
+    }
+    fn iq_namespaces(&self) -> &'static [(Scope, &'static str)] {
+        &[(Scope::Server, NS)]
+    }
+    fn server_features(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+    fn handle_iq<'a>(&'a self, req: IqRequest<'a>) -> IqFuture<'a> {
+        Box::pin(async move {
+            if req.set {
+                Ok(None)
+            } else {
+                Err(crate::stanza::StanzaError::new(crate::stanza::Condition::BadRequest))
+            }
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! XEP-0160 offline messages: chat/normal messages for an account with no available resource
+//! are stored with a XEP-0203 delay stamp and delivered on the next initial presence with a
+//! non-negative priority. Per-user cap (`offline.max_messages`); beyond it, the sender gets
+//! service-unavailable rather than a silent drop.
+
+use crate::stanza::{BuilderExt, ElementExt};
+use bytes::BytesMut;
+use jid::BareJid;
+use minidom::Element;
+
+use crate::c2s::session::{bounce, Ctx};
+use crate::modules::{IqFuture, IqRequest, Module};
+use crate::stanza::{now_ms, xep82_datetime, Condition, StanzaError};
+use crate::xml::{self, Stanza};
+
+pub const NS_DELAY: &str = "urn:xmpp:delay";
+pub const FEATURE: &str = "msgoffline";
+
+pub struct OfflineModule;
+
+impl Module for OfflineModule {
+    fn name(&self) -> &'static str {
+        "offline"
+    }
+    fn server_features(&self) -> &'static [&'static str] {
+        &[FEATURE]
+    }
+    fn handle_iq<'a>(&'a self, _req: IqRequest<'a>) -> IqFuture<'a> {
+        Box::pin(async { Err(StanzaError::new(Condition::ServiceUnavailable)) })
+    }
+}
+
+/// Store a message for an offline account, or bounce it when the account does not exist
+/// (RFC 6121 §8.5.2.2.1) or its store is full.
+pub async fn store_or_bounce(ctx: &Ctx<'_>, st: &Stanza, to: &BareJid, out: &mut BytesMut) {
+    let Some(node) = to.node() else { return };
+    let user = (to.domain().as_str(), node.as_str());
+    let storage = &ctx.server.storage;
+    match storage.accounts().exists(user).await {
+        Ok(true) => {}
+        Ok(false) => return bounce(out, st, ctx.jid, StanzaError::new(Condition::ServiceUnavailable)),
+        Err(e) => return bounce(out, st, ctx.jid, e.into()),
+    }
+    let Ok(mut el) = st.element() else { return };
+    let stamp = now_ms();
+    el.put_attr("from", ctx.jid.as_str());
+    el.append_child(
+        Element::builder("delay", NS_DELAY)
+            .at("from", to.domain().as_str())
+            .at("stamp", xep82_datetime(stamp))
+            .append("Offline Storage")
+            .build(),
+    );
+    let text = String::from_utf8_lossy(&xml::to_bytes(&el)).into_owned();
+    let max = ctx.server.config.offline.max_messages;
+    match storage.offline().store(user, &text, stamp, max).await {
+        Ok(true) => {}
+        Ok(false) => bounce(
+            out,
+            st,
+            ctx.jid,
+            StanzaError::with_text(Condition::ServiceUnavailable, "The recipient's offline storage is full"),
+        ),
+        Err(e) => bounce(out, st, ctx.jid, e.into()),
+    }
+}
+
+/// Flush stored messages into the session's output, oldest first.
+pub async fn deliver(ctx: &Ctx<'_>, out: &mut BytesMut) {
+    match ctx.server.storage.offline().take_all(ctx.user()).await {
+        Ok(list) => {
+            for m in list {
+                out.extend_from_slice(m.stanza.as_bytes());
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "offline delivery failed"),
+    }
+}

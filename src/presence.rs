@@ -1,0 +1,216 @@
+//! Presence (RFC 6121 §4): initial presence with probes answered from the session registry,
+//! broadcast to contacts with a 'from' subscription and to the user's own resources,
+//! directed presence (remembered so it is revoked on logout), and unavailable on disconnect.
+
+use bytes::{Bytes, BytesMut};
+use jid::{BareJid, Jid};
+use std::collections::HashSet;
+
+use crate::c2s::session::{bounce, Ctx};
+use crate::roster::state::SubType;
+use crate::router::Deliver;
+use crate::stanza::{now_ms, Condition, StanzaError};
+use crate::storage::Subscription;
+use crate::xml::{self, Stanza, NS_CLIENT};
+
+#[derive(Debug, Default)]
+pub struct PresenceState {
+    pub available: bool,
+    /// Addresses that got directed available presence outside the roster (RFC 6121 §4.6).
+    pub directed: HashSet<String>,
+    /// Status text of the last unavailable presence (XEP-0012).
+    pub last_status: Option<String>,
+}
+
+/// Presence sent by the local user's session.
+pub async fn outbound(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) {
+    match st.type_.as_deref() {
+        None | Some("unavailable") => match to {
+            Some(to) => directed(ctx, ps, st, to),
+            None => broadcast(ctx, ps, st, out).await,
+        },
+        Some(t @ ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
+            let (Some(to), Some(kind)) = (to, SubType::parse(t)) else {
+                return;
+            };
+            let contact = to.to_bare();
+            // §3.1.2: subscription stanzas are stamped with the bare JID.
+            let bytes = st.rewrite(Some(ctx.bare.as_str()), Some(contact.as_str()));
+            crate::roster::outbound(ctx.server, ctx.bare, contact, kind, bytes).await;
+        }
+        // Probes are the server's business (§4.3); clients have no reason to send them.
+        Some("probe") => {}
+        Some("error") => {
+            if let Some(to) = to {
+                route(ctx, &to, st.rewrite(Some(ctx.jid.as_str()), None));
+            }
+        }
+        Some(_) => bounce(out, st, ctx.jid, StanzaError::new(Condition::BadRequest)),
+    }
+}
+
+/// Deliver presence to a local address (bare: all available resources; full: that one).
+fn route(ctx: &Ctx<'_>, to: &Jid, bytes: Bytes) {
+    if !ctx.server.serves(to.domain().as_str()) || to.node().is_none() {
+        return; // remote: no server-to-server yet; to a domain: nothing to do
+    }
+    let bare = to.to_bare();
+    match to.resource() {
+        Some(r) => {
+            ctx.server.router.send_full(bare.as_str(), r.as_str(), Deliver::Bytes(bytes));
+        }
+        None => {
+            ctx.server.router.send_available(bare.as_str(), &Deliver::Bytes(bytes));
+        }
+    }
+}
+
+fn directed(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, to: Jid) {
+    let bytes = st.rewrite(Some(ctx.jid.as_str()), None);
+    route(ctx, &to, bytes);
+    if st.type_.is_none() {
+        ps.directed.insert(to.as_str().to_string());
+    } else {
+        ps.directed.remove(to.as_str());
+    }
+}
+
+fn priority(st: &Stanza) -> Result<i8, ()> {
+    let el = st.element().map_err(|_| ())?;
+    match el.get_child("priority", NS_CLIENT) {
+        None => Ok(0),
+        Some(p) => p.text().trim().parse::<i8>().map_err(|_| ()),
+    }
+}
+
+async fn contacts(ctx: &Ctx<'_>) -> Vec<(BareJid, Subscription)> {
+    match ctx.server.storage.roster().get_all(ctx.user()).await {
+        Ok((_, items)) => items
+            .into_iter()
+            .filter_map(|i| BareJid::new(&i.contact).ok().map(|j| (j, i.subscription)))
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "roster load failed during presence broadcast");
+            Vec::new()
+        }
+    }
+}
+
+fn has_from(s: Subscription) -> bool {
+    matches!(s, Subscription::From | Subscription::Both)
+}
+
+fn has_to(s: Subscription) -> bool {
+    matches!(s, Subscription::To | Subscription::Both)
+}
+
+async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut BytesMut) {
+    let router = &ctx.server.router;
+    let (bare, resource, id) = (ctx.bare.as_str(), ctx.jid.resource().as_str(), ctx.handle.id);
+    let available = st.type_.is_none();
+    let prio = if available {
+        match priority(st) {
+            Ok(p) => p,
+            Err(()) => return bounce(out, st, ctx.jid, StanzaError::new(Condition::BadRequest)),
+        }
+    } else {
+        0
+    };
+    let initial = available && !ps.available;
+    if !available && !ps.available && ps.directed.is_empty() {
+        return;
+    }
+    // The user's own resources — including this one (§4.2.2, §4.4.2) — then the contacts.
+    let own: Vec<String> = router
+        .resources(bare)
+        .into_iter()
+        .filter(|r| r.presence.is_some() || r.handle.id == id)
+        .map(|r| r.resource)
+        .collect();
+    router.set_presence(bare, resource, id, available.then(|| (prio, st.clone())));
+    ps.available = available;
+    for r in own {
+        let to = format!("{bare}/{r}");
+        router.send_full(bare, &r, Deliver::Bytes(st.rewrite(Some(ctx.jid.as_str()), Some(&to))));
+    }
+    let roster = contacts(ctx).await;
+    for (contact, sub) in &roster {
+        if has_from(*sub) && ctx.server.serves(contact.domain().as_str()) {
+            let bytes = st.rewrite(Some(ctx.jid.as_str()), Some(contact.as_str()));
+            router.send_available(contact.as_str(), &Deliver::Bytes(bytes));
+        }
+    }
+    if !available {
+        for to in std::mem::take(&mut ps.directed) {
+            if let Ok(j) = Jid::new(&to) {
+                route(ctx, &j, st.rewrite(Some(ctx.jid.as_str()), Some(&to)));
+            }
+        }
+        ps.last_status = st
+            .element()
+            .ok()
+            .and_then(|e| e.get_child("status", NS_CLIENT).map(|s| s.text()));
+        return;
+    }
+    if initial {
+        // §4.2.3 probes, answered locally from the registry: contacts' current presence.
+        for (contact, sub) in &roster {
+            if !has_to(*sub) {
+                continue;
+            }
+            for r in router.resources(contact.as_str()) {
+                if let Some(p) = &r.presence {
+                    let from = format!("{}/{}", contact.as_str(), r.resource);
+                    out.extend_from_slice(&p.rewrite(Some(&from), Some(ctx.jid.as_str())));
+                }
+            }
+        }
+        deliver_pending_subscriptions(ctx, out).await;
+        if prio >= 0 {
+            crate::offline::deliver(ctx, out).await;
+        }
+    }
+}
+
+/// §3.1.3: subscription requests that arrived while the user was offline are re-delivered
+/// on every initial presence until answered.
+async fn deliver_pending_subscriptions(ctx: &Ctx<'_>, out: &mut BytesMut) {
+    match ctx.server.storage.roster().pending_in_list(ctx.user()).await {
+        Ok(list) => {
+            for (_, stanza) in list {
+                out.extend_from_slice(stanza.as_bytes());
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "pending subscription load failed"),
+    }
+}
+
+/// The session ended: broadcast unavailable as if the client had sent it (§4.5.2), record
+/// last activity (XEP-0012).
+pub async fn disconnected(ctx: &Ctx<'_>, ps: &mut PresenceState) {
+    if ps.available || !ps.directed.is_empty() {
+        let bytes = format!(
+            "<presence type='unavailable' from='{}'/>",
+            xml::escape(ctx.jid.as_str())
+        );
+        let mut parser = xml::StreamParser::new(ctx.server.limits.clone());
+        parser.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
+        parser.feed(bytes.as_bytes());
+        let mut sink = BytesMut::new();
+        while let Ok(Some(ev)) = parser.next_event() {
+            if let xml::Event::Stanza(st) = ev {
+                broadcast(ctx, ps, &st, &mut sink).await;
+            }
+        }
+    }
+    let status = ps.last_status.take();
+    if let Err(e) = ctx
+        .server
+        .storage
+        .accounts()
+        .set_last_activity(ctx.user(), now_ms() / 1000, status.as_deref())
+        .await
+    {
+        tracing::warn!(error = %e, "could not record last activity");
+    }
+}

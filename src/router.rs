@@ -1,0 +1,313 @@
+//! The session registry and local delivery (RFC 6120 §10, RFC 6121 §8).
+//!
+//! Every bound resource registers a [`SessionHandle`]: a bounded queue of serialized stanzas
+//! (the connection task is the only writer to its socket) and a control channel used to kick
+//! it. The registry lock is a std `RwLock`, never held across an `.await`; delivery is a
+//! `try_send` of shared `Bytes`, so a slow reader never stalls the sender — it is disconnected
+//! when its queue overflows (`limits.session_queue`).
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, watch};
+
+use crate::xml::Stanza;
+
+/// Why a session is being closed from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Another login took over this resource (RFC 6120 §7.7.2.2): `<conflict/>`.
+    Conflict,
+    /// The queue overflowed: `<policy-violation/>`.
+    SlowConsumer,
+    /// The account was deleted: `<not-authorized/>`.
+    AccountRemoved,
+    /// Server shutdown: `<system-shutdown/>`.
+    Shutdown,
+}
+
+impl Kick {
+    pub fn condition(self) -> &'static str {
+        match self {
+            Kick::Conflict => "conflict",
+            Kick::SlowConsumer => "policy-violation",
+            Kick::AccountRemoved => "not-authorized",
+            Kick::Shutdown => "system-shutdown",
+        }
+    }
+}
+
+/// What the connection task receives besides raw stanzas.
+#[derive(Debug, Clone)]
+pub enum Deliver {
+    /// Bytes ready to write into the stream.
+    Bytes(Bytes),
+    /// A roster push (RFC 6121 §2.1.6): only sessions that requested the roster get it; the
+    /// session adds its own full JID as 'to'.
+    RosterPush(Arc<minidom::Element>),
+}
+
+/// A handle to a bound session's task.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub tx: mpsc::Sender<Deliver>,
+    pub kick: Arc<watch::Sender<Option<Kick>>>,
+    /// Set once the client has requested its roster (RFC 6121 §2.1.6 "interested resource").
+    pub interested: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SessionHandle {
+    /// Queue for delivery; a full queue kicks the session rather than block or drop silently.
+    pub fn send(&self, d: Deliver) -> bool {
+        match self.tx.try_send(d) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(session = self.id, "session queue full; disconnecting");
+                self.kick.send_replace(Some(Kick::SlowConsumer));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// One bound resource.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub resource: String,
+    pub handle: SessionHandle,
+    /// Presence priority (RFC 6121 §4.7.2.3), meaningful when `presence` is set.
+    pub priority: i8,
+    /// Last available presence broadcast by this resource (None: not available).
+    pub presence: Option<Stanza>,
+}
+
+#[derive(Default)]
+pub struct Router {
+    users: RwLock<HashMap<String, Vec<Resource>>>,
+    next_id: AtomicU64,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Vec<Resource>>> {
+        self.users.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<Resource>>> {
+        self.users.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bind a resource. An existing session on the same resource is kicked with `<conflict/>`
+    /// (RFC 6120 §7.7.2.2, the policy Prosody and ejabberd default to). Err(()) when the
+    /// account already has `max` resources.
+    pub fn bind(&self, bare: &str, resource: &str, handle: SessionHandle, max: usize) -> Result<(), ()> {
+        let mut users = self.write();
+        let list = users.entry(bare.to_string()).or_default();
+        if let Some(pos) = list.iter().position(|r| r.resource == resource) {
+            let old = list.remove(pos);
+            old.handle.kick.send_replace(Some(Kick::Conflict));
+        } else if list.len() >= max {
+            if list.is_empty() {
+                users.remove(bare);
+            }
+            return Err(());
+        }
+        list.push(Resource {
+            resource: resource.to_string(),
+            handle,
+            priority: 0,
+            presence: None,
+        });
+        Ok(())
+    }
+
+    /// Remove a session (only if the registered one is still this session id).
+    pub fn unbind(&self, bare: &str, resource: &str, id: u64) {
+        let mut users = self.write();
+        if let Some(list) = users.get_mut(bare) {
+            list.retain(|r| !(r.resource == resource && r.handle.id == id));
+            if list.is_empty() {
+                users.remove(bare);
+            }
+        }
+    }
+
+    /// Record the latest presence of a resource (None: unavailable).
+    pub fn set_presence(&self, bare: &str, resource: &str, id: u64, presence: Option<(i8, Stanza)>) {
+        let mut users = self.write();
+        if let Some(r) = users
+            .get_mut(bare)
+            .and_then(|l| l.iter_mut().find(|r| r.resource == resource && r.handle.id == id))
+        {
+            match presence {
+                Some((prio, st)) => {
+                    r.priority = prio;
+                    r.presence = Some(st);
+                }
+                None => r.presence = None,
+            }
+        }
+    }
+
+    pub fn resources(&self, bare: &str) -> Vec<Resource> {
+        self.read().get(bare).cloned().unwrap_or_default()
+    }
+
+    pub fn resource(&self, bare: &str, resource: &str) -> Option<Resource> {
+        self.read()
+            .get(bare)
+            .and_then(|l| l.iter().find(|r| r.resource == resource).cloned())
+    }
+
+    pub fn is_online(&self, bare: &str) -> bool {
+        self.read().contains_key(bare)
+    }
+
+    /// Send to one full JID; false when there is no such resource.
+    pub fn send_full(&self, bare: &str, resource: &str, d: Deliver) -> bool {
+        let handle = self
+            .read()
+            .get(bare)
+            .and_then(|l| l.iter().find(|r| r.resource == resource).map(|r| r.handle.clone()));
+        handle.map(|h| h.send(d)).unwrap_or(false)
+    }
+
+    /// RFC 6121 §8.5.2.1.1: deliver a message to the available resources with the highest
+    /// non-negative priority. Returns how many got it (0: none available).
+    pub fn send_message_bare(&self, bare: &str, bytes: &Bytes) -> usize {
+        let targets: Vec<SessionHandle> = {
+            let users = self.read();
+            let Some(list) = users.get(bare) else {
+                return 0;
+            };
+            let best = list
+                .iter()
+                .filter(|r| r.presence.is_some() && r.priority >= 0)
+                .map(|r| r.priority)
+                .max();
+            match best {
+                Some(p) => list
+                    .iter()
+                    .filter(|r| r.presence.is_some() && r.priority == p)
+                    .map(|r| r.handle.clone())
+                    .collect(),
+                None => return 0,
+            }
+        };
+        targets
+            .iter()
+            .filter(|h| h.send(Deliver::Bytes(bytes.clone())))
+            .count()
+    }
+
+    /// Deliver to every available resource (presence to a bare JID, RFC 6121 §8.5.2.1.2).
+    pub fn send_available(&self, bare: &str, d: &Deliver) -> usize {
+        let handles: Vec<SessionHandle> = self
+            .read()
+            .get(bare)
+            .map(|l| {
+                l.iter()
+                    .filter(|r| r.presence.is_some())
+                    .map(|r| r.handle.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        handles.iter().filter(|h| h.send(d.clone())).count()
+    }
+
+    /// Deliver to every bound resource (roster pushes; the session filters on interest).
+    pub fn send_all(&self, bare: &str, d: &Deliver) -> usize {
+        let handles: Vec<SessionHandle> = self
+            .read()
+            .get(bare)
+            .map(|l| l.iter().map(|r| r.handle.clone()).collect())
+            .unwrap_or_default();
+        handles.iter().filter(|h| h.send(d.clone())).count()
+    }
+
+    /// Kick every session of an account (deletion) or of the server (shutdown).
+    pub fn kick_user(&self, bare: &str, why: Kick) {
+        if let Some(l) = self.read().get(bare) {
+            for r in l {
+                r.handle.kick.send_replace(Some(why));
+            }
+        }
+    }
+
+    pub fn kick_all(&self, why: Kick) {
+        for l in self.read().values() {
+            for r in l {
+                r.handle.kick.send_replace(Some(why));
+            }
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.read().values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(router: &Router, cap: usize) -> (SessionHandle, mpsc::Receiver<Deliver>, watch::Receiver<Option<Kick>>) {
+        let (tx, rx) = mpsc::channel(cap);
+        let (k, kr) = watch::channel(None);
+        (
+            SessionHandle {
+                id: router.next_session_id(),
+                tx,
+                kick: Arc::new(k),
+                interested: Default::default(),
+            },
+            rx,
+            kr,
+        )
+    }
+
+    #[test]
+    fn rebinding_a_resource_kicks_the_old_session() {
+        let r = Router::new();
+        let (h1, _rx1, k1) = handle(&r, 4);
+        let (h2, _rx2, k2) = handle(&r, 4);
+        r.bind("a@x", "phone", h1, 8).unwrap();
+        r.bind("a@x", "phone", h2.clone(), 8).unwrap();
+        assert_eq!(*k1.borrow(), Some(Kick::Conflict));
+        assert_eq!(*k2.borrow(), None);
+        assert_eq!(r.resources("a@x").len(), 1);
+        // The old session's late unbind must not remove the new one.
+        r.unbind("a@x", "phone", h2.id - 1);
+        assert_eq!(r.resources("a@x").len(), 1);
+    }
+
+    #[test]
+    fn resource_limit_is_enforced() {
+        let r = Router::new();
+        for i in 0..2 {
+            let (h, _rx, _k) = handle(&r, 4);
+            r.bind("a@x", &format!("r{i}"), h, 2).unwrap();
+        }
+        let (h, _rx, _k) = handle(&r, 4);
+        assert!(r.bind("a@x", "r3", h, 2).is_err());
+    }
+
+    #[test]
+    fn full_queue_kicks_instead_of_blocking() {
+        let r = Router::new();
+        let (h, _rx, k) = handle(&r, 1);
+        assert!(h.send(Deliver::Bytes(Bytes::from_static(b"<a/>"))));
+        assert!(!h.send(Deliver::Bytes(Bytes::from_static(b"<b/>"))));
+        assert_eq!(*k.borrow(), Some(Kick::SlowConsumer));
+    }
+}

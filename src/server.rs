@@ -1,0 +1,138 @@
+//! Server assembly: shared state, listeners and shutdown. `start` binds everything and
+//! returns a handle with the bound addresses, so tests run the real server on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::modules::Modules;
+use crate::router::{Kick, Router};
+use crate::storage::Storage;
+use crate::tls::TlsContext;
+
+/// Everything a connection or handler needs, shared behind one `Arc`.
+pub struct ServerState {
+    pub config: Config,
+    pub domains: Vec<String>,
+    pub storage: Storage,
+    pub router: Router,
+    pub tls: TlsContext,
+    pub modules: Modules,
+    pub started: Instant,
+    pub limits: crate::xml::Limits,
+    pub shutdown: watch::Receiver<bool>,
+    pub connections: Arc<Semaphore>,
+}
+
+impl ServerState {
+    pub fn serves(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d == domain)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot create data dir {0}: {1}")]
+    DataDir(String, std::io::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+}
+
+/// A running server.
+pub struct RunningServer {
+    pub state: Arc<ServerState>,
+    pub c2s_addr: Option<SocketAddr>,
+    pub c2s_direct_tls_addr: Option<SocketAddr>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
+    let domains = config.domains();
+    let storage = Storage::connect(&config.database_url()).await?;
+    let tls = TlsContext::load(&config.tls.cert, &config.tls.key, &config.data_dir, &domains)?;
+    if !config.c2s.require_tls {
+        tracing::warn!(
+            "!!! c2s.require_tls is OFF: clients may authenticate in PLAINTEXT. \
+             Use this only on loopback for debugging or benchmarking !!!"
+        );
+    }
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let c2s = bind(&config.listen.c2s).await?;
+    let c2s_tls = bind(&config.listen.c2s_direct_tls).await?;
+    let state = Arc::new(ServerState {
+        limits: config.xml_limits(),
+        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        domains,
+        storage,
+        router: Router::new(),
+        tls,
+        modules: Modules::standard(),
+        started: Instant::now(),
+        shutdown: shutdown_rx,
+        config,
+    });
+    let mut tasks = JoinSet::new();
+    let c2s_addr = spawn_listener(&mut tasks, &state, c2s, false, "c2s");
+    let c2s_direct_tls_addr = spawn_listener(&mut tasks, &state, c2s_tls, true, "c2s_direct_tls");
+    tracing::info!(domains = ?state.domains, backend = state.storage.backend_name(), "Starling started");
+    Ok(RunningServer {
+        state,
+        c2s_addr,
+        c2s_direct_tls_addr,
+        shutdown_tx,
+        tasks,
+    })
+}
+
+async fn bind(addr: &str) -> Result<Option<TcpListener>, StartError> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| StartError::Bind(addr.to_string(), e))
+}
+
+fn spawn_listener(
+    tasks: &mut JoinSet<()>,
+    state: &Arc<ServerState>,
+    listener: Option<TcpListener>,
+    direct_tls: bool,
+    what: &'static str,
+) -> Option<SocketAddr> {
+    let listener = listener?;
+    let addr = listener.local_addr().ok();
+    if let Some(a) = addr {
+        tracing::info!("listening for {what} on {a}");
+    }
+    tasks.spawn(crate::c2s::accept_loop(state.clone(), listener, direct_tls));
+    addr
+}
+
+impl RunningServer {
+    /// Stop accepting, send `<system-shutdown/>` to every session and wait (bounded) for
+    /// their tasks to finish writing it.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down");
+        let _ = self.shutdown_tx.send(true);
+        self.state.router.kick_all(Kick::Shutdown);
+        let max = self.state.config.limits.max_connections as u32;
+        // Every connection holds a permit; all permits back means all connections closed.
+        let all_closed = self.state.connections.acquire_many(max);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all_closed).await;
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
