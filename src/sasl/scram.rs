@@ -300,6 +300,7 @@ pub struct ScramServer {
     plus: bool,
     bindings: ChannelBindings,
     server_nonce: Option<String>,
+    fake_iterations: u32,
     authzid: Option<String>,
     state: State,
 }
@@ -313,6 +314,7 @@ impl ScramServer {
             plus,
             bindings,
             server_nonce: None,
+            fake_iterations: FAKE_ITERATIONS,
             authzid: None,
             state: State::Initial,
         }
@@ -329,6 +331,14 @@ impl ScramServer {
         let mut s = Self::new(alg, plus, bindings);
         s.server_nonce = Some(server_nonce.to_string());
         s
+    }
+
+    /// Iteration count announced to unknown users (default [`FAKE_ITERATIONS`]); set it to
+    /// the count used for real accounts so the two cannot be told apart. 0 is ignored.
+    pub fn set_fake_iterations(&mut self, iterations: u32) {
+        if iterations > 0 {
+            self.fake_iterations = iterations;
+        }
     }
 
     /// The hash this exchange uses.
@@ -420,7 +430,7 @@ impl ScramServer {
             .cloned();
         let (salt, iterations) = match &cred {
             Some(c) => (c.salt.clone(), c.iterations),
-            None => (fake_salt(self.alg, &username), FAKE_ITERATIONS),
+            None => (fake_salt(self.alg, &username), self.fake_iterations),
         };
         let server_nonce = self.server_nonce.take().unwrap_or_else(random_nonce);
         let combined_nonce = format!("{}{}", first.nonce, server_nonce);

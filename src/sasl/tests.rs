@@ -269,6 +269,12 @@ fn unknown_user_fake_salt_is_stable_and_fails() {
     let salt = b64(sa1.strip_prefix("s=").unwrap());
     assert_eq!(salt.len(), 16);
 
+    let mut s = ScramServer::new(HashAlg::Sha256, false, ChannelBindings::default());
+    s.set_fake_iterations(10_000);
+    s.client_first(b"n,,n=ghost,r=nonce").unwrap();
+    let sf = String::from_utf8(s.server_first(None)).unwrap();
+    assert_eq!(salt_and_iter(&sf), (sa1.clone(), "i=10000".to_string()));
+
     // The exchange then fails with NotAuthorized, whatever the password.
     let mut s = ScramServer::new(HashAlg::Sha256, false, ChannelBindings::default());
     let mut c = ScramClient::new(HashAlg::Sha256, "ghost", "anything", ClientBinding::None);
@@ -787,4 +793,35 @@ fn mechanism_and_error_names() {
         bindings_both().types(),
         vec!["tls-exporter", "tls-server-end-point"]
     );
+}
+
+#[test]
+fn valid_proof_with_wrong_nonce_rejected() {
+    // A proof correctly computed over an AuthMessage carrying a different r= must still be
+    // rejected: the nonce check is independent of the proof check.
+    let alg = HashAlg::Sha256;
+    let salt = b"saltsalt";
+    let cred = derive_credential(alg, "pw", salt, ITER).unwrap();
+    let mut s = ScramServer::with_nonce(alg, false, ChannelBindings::default(), "SERVER");
+    s.client_first(b"n,,n=u,r=abc").unwrap();
+    let sf = String::from_utf8(s.server_first(Some(&cred))).unwrap();
+    assert!(sf.starts_with("r=abcSERVER,"));
+    let salted = super::crypto::hi(alg, b"pw", salt, ITER);
+    let keys = super::crypto::keys_from_salted(alg, &salted).unwrap();
+    let make = |nonce: &str| {
+        let without_proof = format!("c=biws,r={nonce}");
+        let am = format!("n=u,r=abc,{sf},{without_proof}");
+        let sig = super::crypto::hmac(alg, &keys.stored_key, am.as_bytes()).unwrap();
+        let proof = super::crypto::xor(&keys.client_key, &sig);
+        format!("{without_proof},p={}", STANDARD.encode(proof))
+    };
+    assert_eq!(
+        s.client_final(make("abcOTHER").as_bytes()),
+        Err(SaslError::NotAuthorized)
+    );
+    // Sanity: the same construction with the right nonce succeeds.
+    let mut s = ScramServer::with_nonce(alg, false, ChannelBindings::default(), "SERVER");
+    s.client_first(b"n,,n=u,r=abc").unwrap();
+    s.server_first(Some(&cred));
+    assert!(s.client_final(make("abcSERVER").as_bytes()).is_ok());
 }
