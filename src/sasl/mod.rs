@@ -2,9 +2,21 @@
 //! RFC 7677, RFC 9266 tls-exporter, RFC 5929 tls-server-end-point) and PLAIN (RFC 4616).
 //! Sans-I/O state machines; the credential store is the caller's business.
 //!
-//! INTERFACE CONTRACT (stub; implementation pending).
+//!
+//! Layout: `crypto` (hash dispatch), `scram` ([`ScramServer`]), [`client`] (minimal SCRAM
+//! client for tests/benchmarks); SASLprep, credentials and PLAIN live here.
 
 use std::borrow::Cow;
+
+use rand::RngCore;
+
+pub mod client;
+mod crypto;
+mod scram;
+#[cfg(test)]
+mod tests;
+
+pub use scram::{ScramServer, FAKE_ITERATIONS, MAX_MESSAGE_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HashAlg {
@@ -75,23 +87,49 @@ impl SaslError {
 }
 
 /// SASLprep (RFC 4013) of a password or username.
-pub fn saslprep(_s: &str) -> Result<Cow<'_, str>, SaslError> {
-    unimplemented!()
+pub fn saslprep(s: &str) -> Result<Cow<'_, str>, SaslError> {
+    stringprep::saslprep(s).map_err(|e| SaslError::MalformedRequest(format!("SASLprep: {e}")))
 }
 
 /// Derive the stored credential for one hash (applies SASLprep to the password).
 pub fn derive_credential(
-    _alg: HashAlg,
-    _password: &str,
-    _salt: &[u8],
-    _iterations: u32,
+    alg: HashAlg,
+    password: &str,
+    salt: &[u8],
+    iterations: u32,
 ) -> Result<ScramCredential, SaslError> {
-    unimplemented!()
+    if iterations == 0 {
+        return Err(SaslError::MalformedRequest(
+            "iteration count must be > 0".into(),
+        ));
+    }
+    let password = saslprep(password)?;
+    let salted = crypto::hi(alg, password.as_bytes(), salt, iterations);
+    let crypto::Keys {
+        stored_key,
+        server_key,
+        ..
+    } = crypto::keys_from_salted(alg, &salted)?;
+    Ok(ScramCredential {
+        alg,
+        salt: salt.to_vec(),
+        iterations,
+        stored_key,
+        server_key,
+    })
 }
 
 /// One credential per hash in [`HashAlg::ALL`], each with a fresh random 16-byte salt.
-pub fn new_credentials(_password: &str, _iterations: u32) -> Result<Vec<ScramCredential>, SaslError> {
-    unimplemented!()
+pub fn new_credentials(password: &str, iterations: u32) -> Result<Vec<ScramCredential>, SaslError> {
+    let mut rng = rand::thread_rng();
+    HashAlg::ALL
+        .into_iter()
+        .map(|alg| {
+            let mut salt = [0u8; 16];
+            rng.fill_bytes(&mut salt);
+            derive_credential(alg, password, &salt, iterations)
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,22 +141,58 @@ pub enum Mechanism {
 impl Mechanism {
     /// All mechanisms in server preference order (strongest first).
     pub const ALL: [Mechanism; 7] = [
-        Mechanism::Scram { alg: HashAlg::Sha512, plus: true },
-        Mechanism::Scram { alg: HashAlg::Sha256, plus: true },
-        Mechanism::Scram { alg: HashAlg::Sha1, plus: true },
-        Mechanism::Scram { alg: HashAlg::Sha512, plus: false },
-        Mechanism::Scram { alg: HashAlg::Sha256, plus: false },
-        Mechanism::Scram { alg: HashAlg::Sha1, plus: false },
+        Mechanism::Scram {
+            alg: HashAlg::Sha512,
+            plus: true,
+        },
+        Mechanism::Scram {
+            alg: HashAlg::Sha256,
+            plus: true,
+        },
+        Mechanism::Scram {
+            alg: HashAlg::Sha1,
+            plus: true,
+        },
+        Mechanism::Scram {
+            alg: HashAlg::Sha512,
+            plus: false,
+        },
+        Mechanism::Scram {
+            alg: HashAlg::Sha256,
+            plus: false,
+        },
+        Mechanism::Scram {
+            alg: HashAlg::Sha1,
+            plus: false,
+        },
         Mechanism::Plain,
     ];
     pub fn name(self) -> &'static str {
         match self {
-            Mechanism::Scram { alg: HashAlg::Sha1, plus: false } => "SCRAM-SHA-1",
-            Mechanism::Scram { alg: HashAlg::Sha1, plus: true } => "SCRAM-SHA-1-PLUS",
-            Mechanism::Scram { alg: HashAlg::Sha256, plus: false } => "SCRAM-SHA-256",
-            Mechanism::Scram { alg: HashAlg::Sha256, plus: true } => "SCRAM-SHA-256-PLUS",
-            Mechanism::Scram { alg: HashAlg::Sha512, plus: false } => "SCRAM-SHA-512",
-            Mechanism::Scram { alg: HashAlg::Sha512, plus: true } => "SCRAM-SHA-512-PLUS",
+            Mechanism::Scram {
+                alg: HashAlg::Sha1,
+                plus: false,
+            } => "SCRAM-SHA-1",
+            Mechanism::Scram {
+                alg: HashAlg::Sha1,
+                plus: true,
+            } => "SCRAM-SHA-1-PLUS",
+            Mechanism::Scram {
+                alg: HashAlg::Sha256,
+                plus: false,
+            } => "SCRAM-SHA-256",
+            Mechanism::Scram {
+                alg: HashAlg::Sha256,
+                plus: true,
+            } => "SCRAM-SHA-256-PLUS",
+            Mechanism::Scram {
+                alg: HashAlg::Sha512,
+                plus: false,
+            } => "SCRAM-SHA-512",
+            Mechanism::Scram {
+                alg: HashAlg::Sha512,
+                plus: true,
+            } => "SCRAM-SHA-512-PLUS",
             Mechanism::Plain => "PLAIN",
         }
     }
@@ -153,37 +227,6 @@ impl ChannelBindings {
     }
 }
 
-/// Server side of one SCRAM exchange.
-#[derive(Debug)]
-pub struct ScramServer {
-    _alg: HashAlg,
-}
-
-impl ScramServer {
-    /// `plus`: the client chose the -PLUS mechanism. `bindings`: what this connection offers
-    /// (also decides whether a "y" GS2 flag signals a downgrade).
-    pub fn new(alg: HashAlg, _plus: bool, _bindings: ChannelBindings) -> Self {
-        ScramServer { _alg: alg }
-    }
-    /// Parse client-first-message; returns the SASLprepped authcid to look up.
-    pub fn client_first(&mut self, _msg: &[u8]) -> Result<String, SaslError> {
-        unimplemented!()
-    }
-    /// The authzid from the GS2 header, if any.
-    pub fn authzid(&self) -> Option<&str> {
-        None
-    }
-    /// server-first-message. `None` (unknown user) answers with a fake but stable salt so
-    /// accounts cannot be enumerated; the exchange then fails with NotAuthorized.
-    pub fn server_first(&mut self, _cred: Option<&ScramCredential>) -> Vec<u8> {
-        unimplemented!()
-    }
-    /// Verify client-final-message; on success returns server-final-message ("v=...").
-    pub fn client_final(&mut self, _msg: &[u8]) -> Result<Vec<u8>, SaslError> {
-        unimplemented!()
-    }
-}
-
 /// PLAIN (RFC 4616) message parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlainMessage {
@@ -192,11 +235,68 @@ pub struct PlainMessage {
     pub password: String,
 }
 
-pub fn plain_parse(_msg: &[u8]) -> Result<PlainMessage, SaslError> {
-    unimplemented!()
+/// Longest accepted PLAIN authzid / authcid / password, in bytes (RFC 4616 §2).
+pub const PLAIN_MAX_PART: usize = 255;
+
+/// Parse `[authzid] NUL authcid NUL passwd` (RFC 4616). The authcid is SASLprepped; the
+/// password is returned verbatim (see [`plain_verify`]). All failures are `MalformedRequest`.
+pub fn plain_parse(msg: &[u8]) -> Result<PlainMessage, SaslError> {
+    let bad = |m: &str| SaslError::MalformedRequest(format!("PLAIN: {m}"));
+    if msg.len() > 3 * PLAIN_MAX_PART + 2 {
+        return Err(bad("message too long"));
+    }
+    let mut parts = msg.split(|&b| b == 0);
+    let (Some(authzid), Some(authcid), Some(password), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("expected exactly two NUL separators"));
+    };
+    if [authzid, authcid, password]
+        .iter()
+        .any(|p| p.len() > PLAIN_MAX_PART)
+    {
+        return Err(bad("field too long"));
+    }
+    if authcid.is_empty() || password.is_empty() {
+        return Err(bad("empty authcid or password"));
+    }
+    let utf8 = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| bad("invalid UTF-8"))
+    };
+    let authzid = utf8(authzid)?;
+    let authcid = utf8(authcid)?;
+    let password = utf8(password)?;
+    let authcid = saslprep(&authcid)
+        .map_err(|_| bad("invalid authcid"))?
+        .into_owned();
+    if authcid.is_empty() {
+        return Err(bad("empty authcid"));
+    }
+    Ok(PlainMessage {
+        authzid: if authzid.is_empty() {
+            None
+        } else {
+            Some(authzid)
+        },
+        authcid,
+        password,
+    })
 }
 
 /// Check a PLAIN password against a stored SCRAM credential (constant-time compare).
-pub fn plain_verify(_cred: &ScramCredential, _password: &str) -> bool {
-    unimplemented!()
+/// The password is SASLprepped first; any error yields `false`.
+pub fn plain_verify(cred: &ScramCredential, password: &str) -> bool {
+    if cred.iterations == 0 || cred.stored_key.len() != cred.alg.output_len() {
+        return false;
+    }
+    let Ok(password) = saslprep(password) else {
+        return false;
+    };
+    let salted = crypto::hi(cred.alg, password.as_bytes(), &cred.salt, cred.iterations);
+    match crypto::keys_from_salted(cred.alg, &salted) {
+        Ok(keys) => crypto::ct_eq(&keys.stored_key, &cred.stored_key),
+        Err(_) => false,
+    }
 }
