@@ -342,6 +342,8 @@ async fn scram(
     plus: bool,
 ) -> Result<SaslOutcome, End> {
     let mut server = ScramServer::new(alg, plus, conn.bindings.clone());
+    // Unknown users must look like real ones, down to the iteration count.
+    server.set_fake_iterations(conn.state.config.auth.scram_iterations);
     let first = match initial_or_prompt(conn, initial).await? {
         Ok(m) => m,
         Err(e) => return Ok(Err(e)),
