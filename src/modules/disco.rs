@@ -78,11 +78,16 @@ fn with_features<'f>(mut q: minidom::ElementBuilder, features: impl Iterator<Ite
 }
 
 fn server_info(req: &IqRequest<'_>) -> Element {
-    let modules = req.server.modules.all();
+    server_info_element(req.server)
+}
+
+/// The server's disco#info result (also the input of its XEP-0115 caps hash).
+pub fn server_info_element(server: &crate::server::ServerState) -> Element {
+    let modules = server.modules.all();
     let q = Element::builder("query", NS_INFO).append(identity("server", "im", Some("Starling")));
     let mut q = with_features(q, modules.iter().flat_map(|m| m.server_features().iter().copied()));
     for m in modules {
-        for form in m.server_info_forms(req.server) {
+        for form in m.server_info_forms(server) {
             q = q.append(form);
         }
     }
@@ -163,5 +168,131 @@ impl Module for ContactAddresses {
             form = form.append(f.build());
         }
         vec![form.build()]
+    }
+}
+
+pub const NS_CAPS: &str = "http://jabber.org/protocol/caps";
+pub const CAPS_NODE: &str = "https://starling.im";
+
+/// XEP-0115 §5.1 verification string over a disco#info result: identities, features and
+/// extension forms, each sorted, hashed with SHA-1 and base64-encoded.
+pub fn caps_ver(info: &Element) -> String {
+    use base64::Engine;
+    use sha1::Digest;
+    let mut s = String::new();
+    let mut identities: Vec<String> = info
+        .children()
+        .filter(|c| c.is("identity", NS_INFO))
+        .map(|i| {
+            format!(
+                "{}/{}/{}/{}<",
+                i.attr("category").unwrap_or(""),
+                i.attr("type").unwrap_or(""),
+                i.attr_ns(&minidom::rxml::Namespace::XML, "lang").unwrap_or(""),
+                i.attr("name").unwrap_or("")
+            )
+        })
+        .collect();
+    identities.sort();
+    s.extend(identities);
+    let mut features: Vec<&str> = info
+        .children()
+        .filter(|c| c.is("feature", NS_INFO))
+        .filter_map(|f| f.attr("var"))
+        .collect();
+    features.sort_unstable();
+    for f in features {
+        s.push_str(f);
+        s.push('<');
+    }
+    let mut forms: Vec<(String, String)> = Vec::new();
+    for x in info.children().filter(|c| c.is("x", NS_DATA)) {
+        let mut form_type = String::new();
+        let mut fields: Vec<(String, Vec<String>)> = Vec::new();
+        for f in x.children().filter(|c| c.is("field", NS_DATA)) {
+            let var = f.attr("var").unwrap_or("").to_string();
+            let mut values: Vec<String> = f
+                .children()
+                .filter(|v| v.is("value", NS_DATA))
+                .map(|v| v.text())
+                .collect();
+            if var == "FORM_TYPE" {
+                form_type = values.first().cloned().unwrap_or_default();
+            } else {
+                values.sort();
+                fields.push((var, values));
+            }
+        }
+        fields.sort();
+        let mut text = format!("{form_type}<");
+        for (var, values) in fields {
+            text.push_str(&var);
+            text.push('<');
+            for v in values {
+                text.push_str(&v);
+                text.push('<');
+            }
+        }
+        forms.push((form_type, text));
+    }
+    forms.sort();
+    for (_, text) in forms {
+        s.push_str(&text);
+    }
+    base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(s.as_bytes()))
+}
+
+/// XEP-0115 §6.3: the server announces its own capabilities as a stream feature.
+pub struct ServerCaps;
+
+impl Module for ServerCaps {
+    fn name(&self) -> &'static str {
+        "caps"
+    }
+    fn server_features(&self) -> &'static [&'static str] {
+        &[NS_CAPS]
+    }
+    fn handle_iq<'a>(&'a self, _req: IqRequest<'a>) -> IqFuture<'a> {
+        Box::pin(async { Err(StanzaError::new(Condition::ServiceUnavailable)) })
+    }
+    fn stream_features(&self, server: &crate::server::ServerState, authenticated: bool) -> Vec<Element> {
+        if !authenticated {
+            return Vec::new();
+        }
+        let info = server_info_element(server);
+        vec![Element::builder("c", NS_CAPS)
+            .at("hash", "sha-1")
+            .at("node", CAPS_NODE)
+            .at("ver", caps_ver(&info))
+            .build()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// XEP-0115 §5.3 complex generation example.
+    #[test]
+    fn caps_ver_matches_the_xep_example() {
+        let info: Element = r#"<query xmlns='http://jabber.org/protocol/disco#info' node='http://psi-im.org#q07IKJEyjvHSyhy//CH0CxmKi8w='>
+  <identity xml:lang='en' category='client' name='Psi 0.11' type='pc'/>
+  <identity xml:lang='el' category='client' name='Ψ 0.11' type='pc'/>
+  <feature var='http://jabber.org/protocol/caps'/>
+  <feature var='http://jabber.org/protocol/disco#info'/>
+  <feature var='http://jabber.org/protocol/disco#items'/>
+  <feature var='http://jabber.org/protocol/muc'/>
+  <x xmlns='jabber:x:data' type='result'>
+    <field var='FORM_TYPE' type='hidden'><value>urn:xmpp:dataforms:softwareinfo</value></field>
+    <field var='ip_version'><value>ipv4</value><value>ipv6</value></field>
+    <field var='os'><value>Mac</value></field>
+    <field var='os_version'><value>10.5.1</value></field>
+    <field var='software'><value>Psi</value></field>
+    <field var='software_version'><value>0.11</value></field>
+  </x>
+</query>"#
+            .parse()
+            .unwrap();
+        assert_eq!(caps_ver(&info), "q07IKJEyjvHSyhy//CH0CxmKi8w=");
     }
 }

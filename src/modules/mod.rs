@@ -119,6 +119,7 @@ impl Modules {
         m.add(Arc::new(crate::roster::RosterModule));
         m.add(Arc::new(crate::offline::OfflineModule));
         m.add(Arc::new(disco::ContactAddresses));
+        m.add(Arc::new(disco::ServerCaps));
         m
     }
 }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and integration tests (cargo test, storage tests on SQLite and
+# PostgreSQL), the XSD validator self-test, and the slixmpp conformance suite on both
+# databases. Installs what it needs (Debian packages, a Python venv) on first run.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+scripts/install-deps
+PG_ADMIN_URL=$(scripts/pg-setup | tail -n 1)
+export STARLING_TEST_POSTGRES_URL="$PG_ADMIN_URL"
+export STARLING_TEST_REQUIRE_POSTGRES=1
+
+echo "== cargo test"
+cargo test --all-targets
+
+echo "== schema validator self-test"
+python3 tests/schema_check/test_validate.py
+
+echo "== conformance (slixmpp) on SQLite and PostgreSQL"
+CONF_PG_ADMIN_URL="$PG_ADMIN_URL" conformance/run
