@@ -440,6 +440,14 @@ mod tests {
         assert!(e.to_string().contains("nope"), "{e}");
     }
 
+    /// The documented example must stay loadable and equal to the built-in defaults.
+    #[test]
+    fn example_config_is_the_defaults() {
+        let c = Config::from_parts(include_str!("../starling.example.toml"), env(&[])).unwrap();
+        let d = Config::from_parts("", env(&[])).unwrap();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
     #[test]
     fn rejects_bad_values() {
         assert!(Config::from_parts("[limits]\nmax_stanza_size = 100\n", env(&[])).is_err());
