@@ -41,12 +41,13 @@ pub(super) async fn run(db: &Db) -> Result<(), StorageError> {
     check_sorted(POSTGRES)?;
     match db {
         Db::Sqlite(pool) => {
-            pool.execute(
+            sqlx::query(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (
                      version    INTEGER PRIMARY KEY,
                      applied_at INTEGER NOT NULL
                  )",
             )
+            .execute(pool)
             .await
             .map_err(|e| err(0, "schema_migrations", e))?;
             for m in SQLITE {
@@ -63,8 +64,7 @@ pub(super) async fn run(db: &Db) -> Result<(), StorageError> {
                 if applied.is_some() {
                     continue; // dropping tx rolls back
                 }
-                sqlx::raw_sql(m.sql)
-                    .execute(&mut *tx)
+                tx.execute(m.sql)
                     .await
                     .map_err(|e| err(m.version, m.name, e))?;
                 sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
@@ -104,12 +104,13 @@ async fn run_postgres(conn: &mut sqlx::PgConnection) -> Result<(), StorageError>
         .execute(&mut *conn)
         .await
         .map_err(|e| err(0, "advisory lock", e))?;
-    conn.execute(
+    sqlx::query(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    BIGINT PRIMARY KEY,
              applied_at BIGINT NOT NULL
          )",
     )
+    .execute(&mut *conn)
     .await
     .map_err(|e| err(0, "schema_migrations", e))?;
     let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
@@ -121,8 +122,7 @@ async fn run_postgres(conn: &mut sqlx::PgConnection) -> Result<(), StorageError>
             continue;
         }
         let mut tx = conn.begin().await.map_err(|e| err(m.version, m.name, e))?;
-        sqlx::raw_sql(m.sql)
-            .execute(&mut *tx)
+        tx.execute(m.sql)
             .await
             .map_err(|e| err(m.version, m.name, e))?;
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
