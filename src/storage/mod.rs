@@ -1,9 +1,33 @@
 //! Persistent storage over sqlx: SQLite (embedded default) and PostgreSQL side by side,
 //! one module per domain, SQL written per backend, migrations embedded from `migrations/`.
 //!
-//! INTERFACE CONTRACT (stub; implementation pending).
+//! Layout:
+//! - [`migrate`]: embedded numbered migrations and the tiny migrator (`schema_migrations`).
+//! - [`accounts`]: accounts, SCRAM credentials, last activity (XEP-0012).
+//! - [`roster`]: roster items with groups, versions (XEP-0237), pending inbound subscriptions.
+//! - [`offline`]: offline message queue with a per-user cap.
+//!
+//! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
+//! types, upserts); nothing goes through `sqlx::Any`.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::Row;
 
 use crate::sasl::{HashAlg, ScramCredential};
+
+mod accounts;
+mod migrate;
+mod offline;
+mod roster;
+#[cfg(test)]
+mod tests;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -17,76 +41,172 @@ pub enum StorageError {
     Url(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A per-user write (roster, pending subscription, offline message) for a user that has no
+    /// account.
+    #[error("no such account")]
+    NoAccount,
 }
 
 /// Cheap to clone (pools are reference counted).
 #[derive(Debug, Clone)]
-pub struct Storage {}
+pub struct Storage {
+    db: Db,
+}
+
+#[derive(Debug, Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// How long a SQLite connection waits for another writer (e.g. the CLI while the server runs).
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Storage {
     /// `sqlite://path` (parent dirs and file created) or `postgres://...`; runs migrations.
-    pub async fn connect(_url: &str) -> Result<Storage, StorageError> {
-        unimplemented!()
+    ///
+    /// Accepted forms: `sqlite://relative/path.db`, `sqlite:///absolute/path.db`,
+    /// `sqlite:path.db`, `sqlite::memory:` (one private in-memory database),
+    /// `postgres://...` and `postgresql://...`.
+    pub async fn connect(url: &str) -> Result<Storage, StorageError> {
+        let db = if let Some(rest) = url.strip_prefix("sqlite:") {
+            Db::Sqlite(connect_sqlite(rest).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Db::Postgres(connect_postgres(url).await?)
+        } else {
+            return Err(StorageError::Url(format!(
+                "unsupported scheme in {:?} (expected sqlite:// or postgres://)",
+                redact(url)
+            )));
+        };
+        let storage = Storage { db };
+        migrate::run(&storage.db).await?;
+        Ok(storage)
     }
+
     pub fn backend_name(&self) -> &'static str {
-        unimplemented!()
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
     }
+
+    /// Close the pool; waits for checked-out connections to be returned.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+
     pub fn accounts(&self) -> Accounts<'_> {
-        Accounts { _s: self }
+        Accounts { s: self }
     }
     pub fn roster(&self) -> Roster<'_> {
-        Roster { _s: self }
+        Roster { s: self }
     }
     pub fn offline(&self) -> Offline<'_> {
-        Offline { _s: self }
+        Offline { s: self }
     }
+}
+
+/// Hide a password in a URL for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn connect_sqlite(rest: &str) -> Result<SqlitePool, StorageError> {
+    let memory = matches!(rest, ":memory:" | "//:memory:");
+    let opts = if memory {
+        SqliteConnectOptions::from_str("sqlite::memory:")?
+    } else {
+        // `sqlite://rel/x.db` -> "rel/x.db", `sqlite:///abs/x.db` -> "/abs/x.db", `sqlite:x.db`.
+        let path = rest.strip_prefix("//").unwrap_or(rest);
+        let path = path.split('?').next().unwrap_or(path);
+        if path.is_empty() {
+            return Err(StorageError::Url("sqlite URL without a path".into()));
+        }
+        let path = Path::new(path);
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StorageError::Url(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+        }
+        SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+    }
+    .foreign_keys(true)
+    .busy_timeout(SQLITE_BUSY_TIMEOUT);
+
+    let pool = if memory {
+        // Every connection to :memory: is its own database: keep exactly one, forever.
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts)
+            .await?
+    } else {
+        SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?
+    };
+    Ok(pool)
+}
+
+async fn connect_postgres(url: &str) -> Result<PgPool, StorageError> {
+    let opts = PgConnectOptions::from_str(url)
+        .map_err(|e| StorageError::Url(format!("{}: {e}", redact(url))))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts)
+        .await?)
+}
+
+/// Read column `idx` of a row, reporting type/NULL mismatches as [`StorageError::Corrupt`].
+fn col<'r, R, T>(row: &'r R, idx: usize) -> Result<T, StorageError>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    row.try_get::<T, usize>(idx)
+        .map_err(|e| StorageError::Corrupt(format!("column {idx}: {e}")))
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(what.to_string())
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A bare JID split as stored: (domain, username), both already normalized (nodeprep/nameprep).
 pub type UserRef<'a> = (&'a str, &'a str);
 
 pub struct Accounts<'a> {
-    _s: &'a Storage,
-}
-
-impl Accounts<'_> {
-    /// Err(Conflict) when the account exists.
-    pub async fn create(&self, _u: UserRef<'_>, _creds: &[ScramCredential]) -> Result<(), StorageError> {
-        unimplemented!()
-    }
-    /// Create many in one transaction per chunk; returns the usernames (domain, username) that
-    /// already existed and were left untouched.
-    pub async fn create_many(
-        &self,
-        _items: &[(String, String, Vec<ScramCredential>)],
-    ) -> Result<Vec<(String, String)>, StorageError> {
-        unimplemented!()
-    }
-    pub async fn exists(&self, _u: UserRef<'_>) -> Result<bool, StorageError> {
-        unimplemented!()
-    }
-    pub async fn credential(&self, _u: UserRef<'_>, _alg: HashAlg) -> Result<Option<ScramCredential>, StorageError> {
-        unimplemented!()
-    }
-    /// Replace all credentials; Ok(false) when the account does not exist.
-    pub async fn set_credentials(&self, _u: UserRef<'_>, _creds: &[ScramCredential]) -> Result<bool, StorageError> {
-        unimplemented!()
-    }
-    /// Delete the account and everything it owns (roster, pending, offline). Ok(false) if absent.
-    pub async fn delete(&self, _u: UserRef<'_>) -> Result<bool, StorageError> {
-        unimplemented!()
-    }
-    /// (domain, username) pairs, sorted; `None` lists all domains.
-    pub async fn list(&self, _domain: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
-        unimplemented!()
-    }
-    /// XEP-0012: record logout time (unix seconds) and last unavailable status.
-    pub async fn set_last_activity(&self, _u: UserRef<'_>, _unix: i64, _status: Option<&str>) -> Result<(), StorageError> {
-        unimplemented!()
-    }
-    pub async fn last_activity(&self, _u: UserRef<'_>) -> Result<Option<(i64, Option<String>)>, StorageError> {
-        unimplemented!()
-    }
+    s: &'a Storage,
 }
 
 /// RFC 6121 subscription value of a roster item.
@@ -132,43 +252,7 @@ pub struct RosterItem {
 }
 
 pub struct Roster<'a> {
-    _s: &'a Storage,
-}
-
-impl Roster<'_> {
-    /// Current roster version (XEP-0237) and all items sorted by contact.
-    pub async fn get_all(&self, _u: UserRef<'_>) -> Result<(i64, Vec<RosterItem>), StorageError> {
-        unimplemented!()
-    }
-    pub async fn get(&self, _u: UserRef<'_>, _contact: &str) -> Result<Option<RosterItem>, StorageError> {
-        unimplemented!()
-    }
-    /// Insert or replace; returns the new roster version (strictly increasing per user).
-    pub async fn put(&self, _u: UserRef<'_>, _item: &RosterItem) -> Result<i64, StorageError> {
-        unimplemented!()
-    }
-    /// Remove; returns the new version, or None when there was no such item.
-    pub async fn remove(&self, _u: UserRef<'_>, _contact: &str) -> Result<Option<i64>, StorageError> {
-        unimplemented!()
-    }
-    pub async fn version(&self, _u: UserRef<'_>) -> Result<i64, StorageError> {
-        unimplemented!()
-    }
-    /// Record an inbound subscription request (the stanza, serialized) so it survives restarts.
-    pub async fn pending_in_add(&self, _u: UserRef<'_>, _contact: &str, _stanza: &str) -> Result<(), StorageError> {
-        unimplemented!()
-    }
-    /// Ok(true) when one was removed.
-    pub async fn pending_in_remove(&self, _u: UserRef<'_>, _contact: &str) -> Result<bool, StorageError> {
-        unimplemented!()
-    }
-    pub async fn pending_in_has(&self, _u: UserRef<'_>, _contact: &str) -> Result<bool, StorageError> {
-        unimplemented!()
-    }
-    /// (contact, stanza) in arrival order.
-    pub async fn pending_in_list(&self, _u: UserRef<'_>) -> Result<Vec<(String, String)>, StorageError> {
-        unimplemented!()
-    }
+    s: &'a Storage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,19 +264,25 @@ pub struct OfflineMessage {
 }
 
 pub struct Offline<'a> {
-    _s: &'a Storage,
+    s: &'a Storage,
 }
 
-impl Offline<'_> {
-    /// Ok(false) when the user already has `max` messages stored (nothing stored).
-    pub async fn store(&self, _u: UserRef<'_>, _stanza: &str, _stamp_ms: i64, _max: u32) -> Result<bool, StorageError> {
-        unimplemented!()
-    }
-    /// All stored messages in arrival order, deleting them.
-    pub async fn take_all(&self, _u: UserRef<'_>) -> Result<Vec<OfflineMessage>, StorageError> {
-        unimplemented!()
-    }
-    pub async fn count(&self, _u: UserRef<'_>) -> Result<u32, StorageError> {
-        unimplemented!()
-    }
+/// Convert a stored credential row into a [`ScramCredential`].
+fn credential_from_parts(
+    alg: &str,
+    salt: Vec<u8>,
+    iterations: i64,
+    stored_key: Vec<u8>,
+    server_key: Vec<u8>,
+) -> Result<ScramCredential, StorageError> {
+    let alg = HashAlg::from_tag(alg).ok_or_else(|| corrupt(format!("unknown hash alg {alg:?}")))?;
+    let iterations = u32::try_from(iterations)
+        .map_err(|_| corrupt(format!("iteration count {iterations} out of range")))?;
+    Ok(ScramCredential {
+        alg,
+        salt,
+        iterations,
+        stored_key,
+        server_key,
+    })
 }
