@@ -193,14 +193,13 @@ pub async fn disconnected(ctx: &Ctx<'_>, ps: &mut PresenceState) {
             "<presence type='unavailable' from='{}'/>",
             xml::escape(ctx.jid.as_str())
         );
-        let mut parser = xml::StreamParser::new(ctx.server.limits.clone());
-        parser.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
-        parser.feed(bytes.as_bytes());
-        let mut sink = BytesMut::new();
-        while let Ok(Some(ev)) = parser.next_event() {
-            if let xml::Event::Stanza(st) = ev {
-                broadcast(ctx, ps, &st, &mut sink).await;
-            }
+        let ctx_ns = std::sync::Arc::new(xml::NsContext {
+            default_ns: Some(NS_CLIENT.to_string()),
+            prefixes: Vec::new(),
+        });
+        match Stanza::parse(Bytes::from(bytes), ctx_ns) {
+            Ok(st) => broadcast(ctx, ps, &st, &mut BytesMut::new()).await,
+            Err(e) => tracing::error!(error = %e, "could not build unavailable presence"),
         }
     }
     let status = ps.last_status.take();

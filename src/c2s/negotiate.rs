@@ -41,6 +41,9 @@ async fn negotiate_inner(conn: &mut Conn) -> Result<Bound, End> {
     let mut user: Option<String> = None;
     let mut failures = 0u32;
     loop {
+        // Whatever ended the previous stream (<proceed/>, <success/>) must be on the wire
+        // before we wait for the client's restarted header.
+        conn.flush().await?;
         // A (re)started stream: header, our header, features.
         let header = match conn.next_event().await? {
             Event::Open(h) => h,

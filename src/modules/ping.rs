@@ -17,10 +17,11 @@ impl Module for Ping {
     }
     fn handle_iq<'a>(&'a self, req: IqRequest<'a>) -> IqFuture<'a> {
         Box::pin(async move {
+            // XEP-0199 §4: a ping is an IQ get; the pong is an empty result.
             if req.set {
-                Ok(None)
-            } else {
                 Err(crate::stanza::StanzaError::new(crate::stanza::Condition::BadRequest))
+            } else {
+                Ok(None)
             }
         })
     }
