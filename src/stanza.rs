@@ -171,6 +171,11 @@ pub fn xep82_datetime(unix_ms: i64) -> String {
     )
 }
 
+/// (year, month, day) in UTC of a unix time in seconds.
+pub fn civil_date(unix_secs: i64) -> (i64, u32, u32) {
+    civil_from_days(unix_secs.div_euclid(86_400))
+}
+
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

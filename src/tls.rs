@@ -112,10 +112,22 @@ fn generate_self_signed(
         // Services added later (MUC, upload) live on subdomains.
         names.push(format!("*.{d}"));
     }
-    let ck = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
-    write_private(key_path, ck.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(cert_path, ck.cert.pem()).map_err(io_err(cert_path))?;
+    let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let mut params = rcgen::CertificateParams::new(names).map_err(gen)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(first) = domains.first() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, first.as_str());
+    }
+    // Valid from yesterday for ten years: clients show these dates when asked to trust it.
+    let (y, m, d) = crate::stanza::civil_date(crate::stanza::now_ms() / 1000 - 86_400);
+    params.not_before = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
+    params.not_after = rcgen::date_time_ymd(y as i32 + 10, m as u8, d.min(28) as u8);
+    let key = rcgen::KeyPair::generate().map_err(gen)?;
+    let cert = params.self_signed(&key).map_err(gen)?;
+    write_private(key_path, key.serialize_pem().as_bytes())?;
+    std::fs::write(cert_path, cert.pem()).map_err(io_err(cert_path))?;
     tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate");
     Ok(())
 }
