@@ -54,21 +54,21 @@ pub struct Listen {
     pub c2s_direct_tls: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Database {
     /// `sqlite://PATH` or `postgres://user:pass@host/db`. Empty: `sqlite://<data_dir>/starling.db`.
     pub url: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Registration {
     /// XEP-0077 in-band registration of new accounts.
     pub open: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     /// PEM certificate chain; when both are empty a self-signed one is generated into data_dir.
@@ -125,7 +125,7 @@ pub struct Auth {
     pub scram_iterations: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerInfo {
     /// XEP-0157 contact addresses, e.g. ["mailto:admin@example.org", "xmpp:admin@example.org"].
@@ -172,27 +172,6 @@ impl Default for Listen {
     }
 }
 
-impl Default for Database {
-    fn default() -> Self {
-        Database { url: String::new() }
-    }
-}
-
-impl Default for Registration {
-    fn default() -> Self {
-        Registration { open: false }
-    }
-}
-
-impl Default for Tls {
-    fn default() -> Self {
-        Tls {
-            cert: String::new(),
-            key: String::new(),
-        }
-    }
-}
-
 impl Default for C2s {
     fn default() -> Self {
         C2s {
@@ -233,18 +212,6 @@ impl Default for Auth {
     }
 }
 
-impl Default for ServerInfo {
-    fn default() -> Self {
-        ServerInfo {
-            admin_addresses: Vec::new(),
-            abuse_addresses: Vec::new(),
-            support_addresses: Vec::new(),
-            security_addresses: Vec::new(),
-            version_show_os: false,
-        }
-    }
-}
-
 impl Default for Log {
     fn default() -> Self {
         Log {
@@ -274,8 +241,8 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut root: toml::Table = toml::from_str(text)
-            .map_err(|e| ConfigError::Invalid(format!("config file: {e}")))?;
+        let mut root: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(format!("config file: {e}")))?;
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -301,7 +268,10 @@ impl Config {
             return bad("domain: at least one domain is required".into());
         }
         for d in &domains {
-            if jid::BareJid::new(d).map(|j| j.node().is_some()).unwrap_or(true) {
+            if jid::BareJid::new(d)
+                .map(|j| j.node().is_some())
+                .unwrap_or(true)
+            {
                 return bad(format!("domain: {d:?} is not a valid domain"));
             }
         }
@@ -369,7 +339,9 @@ impl Config {
 /// and taken as a string otherwise (`127.0.0.1:5222`).
 fn env_value(raw: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }

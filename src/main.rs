@@ -34,7 +34,10 @@ enum Command {
         from_file: Option<PathBuf>,
     },
     /// Change an account's password (prompts, or reads one line from a non-terminal stdin).
-    Passwd { jid: String, password: Option<String> },
+    Passwd {
+        jid: String,
+        password: Option<String>,
+    },
     /// Delete an account and everything it owns.
     Deluser { jid: String },
     /// List accounts, optionally of one domain.
@@ -47,11 +50,17 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     init_logging(&config);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Serve => serve(config).await,
-            Command::Adduser { jid, password, from_file } => match (from_file, jid) {
+            Command::Adduser {
+                jid,
+                password,
+                from_file,
+            } => match (from_file, jid) {
                 (Some(file), None) => adduser_bulk(&config, file).await,
                 (None, Some(jid)) => adduser(&config, &jid, password).await,
                 _ => bail!("give either JID [PASSWORD] or --from-file FILE"),
@@ -112,9 +121,13 @@ fn split_jid(config: &Config, jid: &str) -> Result<(String, String)> {
         .with_context(|| format!("{jid:?} is not user@domain"))?;
     let domain = domain.to_ascii_lowercase();
     if !config.domains().contains(&domain) {
-        bail!("{domain} is not a domain this server serves ({:?})", config.domains());
+        bail!(
+            "{domain} is not a domain this server serves ({:?})",
+            config.domains()
+        );
     }
-    let user = normalize_username(user, &domain).with_context(|| format!("{user:?} is not a valid username"))?;
+    let user = normalize_username(user, &domain)
+        .with_context(|| format!("{user:?} is not a valid username"))?;
     Ok((domain, user))
 }
 
@@ -153,9 +166,10 @@ async fn adduser(config: &Config, jid: &str, password: Option<String>) -> Result
     let password = read_password(jid, password)?;
     let storage = open(config).await?;
     let iterations = config.auth.scram_iterations;
-    let creds = tokio::task::spawn_blocking(move || starling::sasl::new_credentials(&password, iterations))
-        .await?
-        .map_err(|e| anyhow::anyhow!("password not allowed: {e}"))?;
+    let creds =
+        tokio::task::spawn_blocking(move || starling::sasl::new_credentials(&password, iterations))
+            .await?
+            .map_err(|e| anyhow::anyhow!("password not allowed: {e}"))?;
     match storage.accounts().create((&domain, &user), &creds).await {
         Ok(()) => {
             println!("created {user}@{domain}");
@@ -208,7 +222,9 @@ async fn adduser_bulk(config: &Config, file: PathBuf) -> Result<()> {
 type Hashed = Vec<(String, String, Vec<starling::sasl::ScramCredential>)>;
 
 fn hash_all(entries: Vec<(String, String, String)>, iterations: u32) -> Result<Hashed> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let chunk = entries.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
         let handles: Vec<_> = entries
@@ -227,7 +243,10 @@ fn hash_all(entries: Vec<(String, String, String)>, iterations: u32) -> Result<H
             .collect();
         let mut out = Vec::new();
         for h in handles {
-            out.extend(h.join().map_err(|_| anyhow::anyhow!("hashing thread panicked"))??);
+            out.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("hashing thread panicked"))??,
+            );
         }
         Ok(out)
     })
@@ -241,10 +260,14 @@ async fn passwd(config: &Config, jid: &str, password: Option<String>) -> Result<
     }
     let password = read_password(jid, password)?;
     let iterations = config.auth.scram_iterations;
-    let creds = tokio::task::spawn_blocking(move || starling::sasl::new_credentials(&password, iterations))
-        .await?
-        .map_err(|e| anyhow::anyhow!("password not allowed: {e}"))?;
-    storage.accounts().set_credentials((&domain, &user), &creds).await?;
+    let creds =
+        tokio::task::spawn_blocking(move || starling::sasl::new_credentials(&password, iterations))
+            .await?
+            .map_err(|e| anyhow::anyhow!("password not allowed: {e}"))?;
+    storage
+        .accounts()
+        .set_credentials((&domain, &user), &creds)
+        .await?;
     println!("password changed for {user}@{domain}");
     Ok(())
 }
@@ -274,7 +297,14 @@ async fn check_config(config: &Config) -> Result<()> {
     println!("c2s:          {}", or_off(&config.listen.c2s));
     println!("c2s (TLS):    {}", or_off(&config.listen.c2s_direct_tls));
     println!("require_tls:  {}", config.c2s.require_tls);
-    println!("registration: {}", if config.registration.open { "open" } else { "closed" });
+    println!(
+        "registration: {}",
+        if config.registration.open {
+            "open"
+        } else {
+            "closed"
+        }
+    );
     println!("configuration OK");
     Ok(())
 }

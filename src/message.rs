@@ -11,14 +11,20 @@ use crate::xml::Stanza;
 
 pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) {
     // §5.2.2: an absent or unknown type is 'normal'.
-    let kind = match st.type_.as_deref() {
-        Some(t @ ("chat" | "groupchat" | "headline" | "error")) => t,
-        _ => "normal",
-    };
+    let kind = st
+        .type_
+        .as_deref()
+        .filter(|t| matches!(*t, "chat" | "groupchat" | "headline" | "error"))
+        .unwrap_or("normal");
     let target = to.unwrap_or_else(|| Jid::from(ctx.bare.clone()));
     if !ctx.server.serves(target.domain().as_str()) {
         if kind != "error" {
-            bounce(out, st, ctx.jid, StanzaError::new(Condition::RemoteServerNotFound));
+            bounce(
+                out,
+                st,
+                ctx.jid,
+                StanzaError::new(Condition::RemoteServerNotFound),
+            );
         }
         return;
     }
@@ -34,13 +40,25 @@ pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut Byt
         }
         // §8.5.3.2.1: no such resource.
         match kind {
-            "groupchat" => return bounce(out, st, ctx.jid, StanzaError::new(Condition::ServiceUnavailable)),
+            "groupchat" => {
+                return bounce(
+                    out,
+                    st,
+                    ctx.jid,
+                    StanzaError::new(Condition::ServiceUnavailable),
+                )
+            }
             "headline" | "error" => return,
             _ => {} // chat/normal: treated as addressed to the bare JID
         }
     }
     match kind {
-        "groupchat" => bounce(out, st, ctx.jid, StanzaError::new(Condition::ServiceUnavailable)),
+        "groupchat" => bounce(
+            out,
+            st,
+            ctx.jid,
+            StanzaError::new(Condition::ServiceUnavailable),
+        ),
         "headline" => {
             router.send_message_bare(bare.as_str(), &bytes);
         }

@@ -38,7 +38,14 @@ pub async fn store_or_bounce(ctx: &Ctx<'_>, st: &Stanza, to: &BareJid, out: &mut
     let storage = &ctx.server.storage;
     match storage.accounts().exists(user).await {
         Ok(true) => {}
-        Ok(false) => return bounce(out, st, ctx.jid, StanzaError::new(Condition::ServiceUnavailable)),
+        Ok(false) => {
+            return bounce(
+                out,
+                st,
+                ctx.jid,
+                StanzaError::new(Condition::ServiceUnavailable),
+            )
+        }
         Err(e) => return bounce(out, st, ctx.jid, e.into()),
     }
     let Ok(mut el) = st.element() else { return };
@@ -59,7 +66,10 @@ pub async fn store_or_bounce(ctx: &Ctx<'_>, st: &Stanza, to: &BareJid, out: &mut
             out,
             st,
             ctx.jid,
-            StanzaError::with_text(Condition::ServiceUnavailable, "The recipient's offline storage is full"),
+            StanzaError::with_text(
+                Condition::ServiceUnavailable,
+                "The recipient's offline storage is full",
+            ),
         ),
         Err(e) => bounce(out, st, ctx.jid, e.into()),
     }

@@ -23,7 +23,13 @@ pub struct PresenceState {
 }
 
 /// Presence sent by the local user's session.
-pub async fn outbound(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) {
+pub async fn outbound(
+    ctx: &Ctx<'_>,
+    ps: &mut PresenceState,
+    st: &Stanza,
+    to: Option<Jid>,
+    out: &mut BytesMut,
+) {
     match st.type_.as_deref() {
         None | Some("unavailable") => match to {
             Some(to) => directed(ctx, ps, st, to),
@@ -57,10 +63,14 @@ fn route(ctx: &Ctx<'_>, to: &Jid, bytes: Bytes) {
     let bare = to.to_bare();
     match to.resource() {
         Some(r) => {
-            ctx.server.router.send_full(bare.as_str(), r.as_str(), Deliver::Bytes(bytes));
+            ctx.server
+                .router
+                .send_full(bare.as_str(), r.as_str(), Deliver::Bytes(bytes));
         }
         None => {
-            ctx.server.router.send_available(bare.as_str(), &Deliver::Bytes(bytes));
+            ctx.server
+                .router
+                .send_available(bare.as_str(), &Deliver::Bytes(bytes));
         }
     }
 }
@@ -106,7 +116,11 @@ fn has_to(s: Subscription) -> bool {
 
 async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut BytesMut) {
     let router = &ctx.server.router;
-    let (bare, resource, id) = (ctx.bare.as_str(), ctx.jid.resource().as_str(), ctx.handle.id);
+    let (bare, resource, id) = (
+        ctx.bare.as_str(),
+        ctx.jid.resource().as_str(),
+        ctx.handle.id,
+    );
     let available = st.type_.is_none();
     let prio = if available {
         match priority(st) {
@@ -131,7 +145,11 @@ async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut
     ps.available = available;
     for r in own {
         let to = format!("{bare}/{r}");
-        router.send_full(bare, &r, Deliver::Bytes(st.rewrite(Some(ctx.jid.as_str()), Some(&to))));
+        router.send_full(
+            bare,
+            &r,
+            Deliver::Bytes(st.rewrite(Some(ctx.jid.as_str()), Some(&to))),
+        );
     }
     let roster = contacts(ctx).await;
     for (contact, sub) in &roster {
@@ -175,7 +193,13 @@ async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut
 /// §3.1.3: subscription requests that arrived while the user was offline are re-delivered
 /// on every initial presence until answered.
 async fn deliver_pending_subscriptions(ctx: &Ctx<'_>, out: &mut BytesMut) {
-    match ctx.server.storage.roster().pending_in_list(ctx.user()).await {
+    match ctx
+        .server
+        .storage
+        .roster()
+        .pending_in_list(ctx.user())
+        .await
+    {
         Ok(list) => {
             for (_, stanza) in list {
                 out.extend_from_slice(stanza.as_bytes());

@@ -14,6 +14,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::xml::Stanza;
 
+/// The account already has the most resources `limits.max_resources` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyResources;
+
 /// Why a session is being closed from outside its task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kick {
@@ -108,9 +112,15 @@ impl Router {
     }
 
     /// Bind a resource. An existing session on the same resource is kicked with `<conflict/>`
-    /// (RFC 6120 §7.7.2.2, the policy Prosody and ejabberd default to). Err(()) when the
+    /// (RFC 6120 §7.7.2.2, the policy Prosody and ejabberd default to). Err(TooManyResources) when the
     /// account already has `max` resources.
-    pub fn bind(&self, bare: &str, resource: &str, handle: SessionHandle, max: usize) -> Result<(), ()> {
+    pub fn bind(
+        &self,
+        bare: &str,
+        resource: &str,
+        handle: SessionHandle,
+        max: usize,
+    ) -> Result<(), TooManyResources> {
         let mut users = self.write();
         let list = users.entry(bare.to_string()).or_default();
         if let Some(pos) = list.iter().position(|r| r.resource == resource) {
@@ -120,7 +130,7 @@ impl Router {
             if list.is_empty() {
                 users.remove(bare);
             }
-            return Err(());
+            return Err(TooManyResources);
         }
         list.push(Resource {
             resource: resource.to_string(),
@@ -143,12 +153,18 @@ impl Router {
     }
 
     /// Record the latest presence of a resource (None: unavailable).
-    pub fn set_presence(&self, bare: &str, resource: &str, id: u64, presence: Option<(i8, Stanza)>) {
+    pub fn set_presence(
+        &self,
+        bare: &str,
+        resource: &str,
+        id: u64,
+        presence: Option<(i8, Stanza)>,
+    ) {
         let mut users = self.write();
-        if let Some(r) = users
-            .get_mut(bare)
-            .and_then(|l| l.iter_mut().find(|r| r.resource == resource && r.handle.id == id))
-        {
+        if let Some(r) = users.get_mut(bare).and_then(|l| {
+            l.iter_mut()
+                .find(|r| r.resource == resource && r.handle.id == id)
+        }) {
             match presence {
                 Some((prio, st)) => {
                     r.priority = prio;
@@ -175,10 +191,11 @@ impl Router {
 
     /// Send to one full JID; false when there is no such resource.
     pub fn send_full(&self, bare: &str, resource: &str, d: Deliver) -> bool {
-        let handle = self
-            .read()
-            .get(bare)
-            .and_then(|l| l.iter().find(|r| r.resource == resource).map(|r| r.handle.clone()));
+        let handle = self.read().get(bare).and_then(|l| {
+            l.iter()
+                .find(|r| r.resource == resource)
+                .map(|r| r.handle.clone())
+        });
         handle.map(|h| h.send(d)).unwrap_or(false)
     }
 
@@ -261,7 +278,14 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn handle(router: &Router, cap: usize) -> (SessionHandle, mpsc::Receiver<Deliver>, watch::Receiver<Option<Kick>>) {
+    fn handle(
+        router: &Router,
+        cap: usize,
+    ) -> (
+        SessionHandle,
+        mpsc::Receiver<Deliver>,
+        watch::Receiver<Option<Kick>>,
+    ) {
         let (tx, rx) = mpsc::channel(cap);
         let (k, kr) = watch::channel(None);
         (

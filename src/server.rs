@@ -60,7 +60,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
     let domains = config.domains();
     let storage = Storage::connect(&config.database_url()).await?;
-    let tls = TlsContext::load(&config.tls.cert, &config.tls.key, &config.data_dir, &domains)?;
+    let tls = TlsContext::load(
+        &config.tls.cert,
+        &config.tls.key,
+        &config.data_dir,
+        &domains,
+    )?;
     if !config.c2s.require_tls {
         tracing::warn!(
             "!!! c2s.require_tls is OFF: clients may authenticate in PLAINTEXT. \

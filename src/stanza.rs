@@ -135,7 +135,12 @@ pub fn error_reply(original: &Element, err: &StanzaError) -> Element {
 }
 
 /// An IQ result reply with an optional payload.
-pub fn iq_result(id: &str, from: Option<&str>, to: Option<&str>, payload: Option<Element>) -> Element {
+pub fn iq_result(
+    id: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    payload: Option<Element>,
+) -> Element {
     let mut b = Element::builder("iq", NS_CLIENT)
         .at("type", "result")
         .at("id", id);
@@ -204,42 +209,6 @@ pub fn random_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn datetime_formats_known_instants() {
-        assert_eq!(xep82_datetime(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(xep82_datetime(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(xep82_datetime(1_795_000_000_000), "2026-11-18T09:46:40.000Z");
-    }
-
-    #[test]
-    fn error_reply_swaps_addresses_and_keeps_id() {
-        let iq: Element = "<iq xmlns='jabber:client' type='get' id='x1' from='a@b/c' to='b'><query xmlns='urn:foo'/></iq>"
-            .parse()
-            .unwrap();
-        let r = error_reply(&iq, &StanzaError::new(Condition::ServiceUnavailable));
-        assert_eq!(r.attr("type"), Some("error"));
-        assert_eq!(r.attr("id"), Some("x1"));
-        assert_eq!(r.attr("to"), Some("a@b/c"));
-        assert_eq!(r.attr("from"), Some("b"));
-        let e = r.get_child("error", NS_CLIENT).unwrap();
-        assert_eq!(e.attr("type"), Some("cancel"));
-        assert!(e.has_child("service-unavailable", NS_STANZAS));
-        assert!(!r.has_child("query", "urn:foo"), "IQ errors do not echo the payload");
-    }
-
-    #[test]
-    fn jids_are_normalized() {
-        let j = parse_jid("Juliet@Example.COM/Balcony").unwrap();
-        assert_eq!(j.to_string(), "juliet@example.com/Balcony");
-        assert!(parse_jid("a@b@c").is_err());
-        assert!(parse_jid("").is_err());
-    }
-}
-
 /// String-keyed attribute helpers over minidom 0.19's NcName-typed API. Names are compile-time
 /// literals in this crate; `xml:lang` maps to the XML namespace.
 pub trait BuilderExt: Sized {
@@ -269,5 +238,47 @@ impl ElementExt for Element {
         if let Ok(n) = minidom::rxml::NcName::try_from(name) {
             self.set_attr(minidom::rxml::Namespace::NONE, n, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datetime_formats_known_instants() {
+        assert_eq!(xep82_datetime(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(xep82_datetime(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(
+            xep82_datetime(1_795_000_000_000),
+            "2026-11-18T09:46:40.000Z"
+        );
+    }
+
+    #[test]
+    fn error_reply_swaps_addresses_and_keeps_id() {
+        let iq: Element = "<iq xmlns='jabber:client' type='get' id='x1' from='a@b/c' to='b'><query xmlns='urn:foo'/></iq>"
+            .parse()
+            .unwrap();
+        let r = error_reply(&iq, &StanzaError::new(Condition::ServiceUnavailable));
+        assert_eq!(r.attr("type"), Some("error"));
+        assert_eq!(r.attr("id"), Some("x1"));
+        assert_eq!(r.attr("to"), Some("a@b/c"));
+        assert_eq!(r.attr("from"), Some("b"));
+        let e = r.get_child("error", NS_CLIENT).unwrap();
+        assert_eq!(e.attr("type"), Some("cancel"));
+        assert!(e.has_child("service-unavailable", NS_STANZAS));
+        assert!(
+            !r.has_child("query", "urn:foo"),
+            "IQ errors do not echo the payload"
+        );
+    }
+
+    #[test]
+    fn jids_are_normalized() {
+        let j = parse_jid("Juliet@Example.COM/Balcony").unwrap();
+        assert_eq!(j.to_string(), "juliet@example.com/Balcony");
+        assert!(parse_jid("a@b@c").is_err());
+        assert!(parse_jid("").is_err());
     }
 }

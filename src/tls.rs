@@ -233,7 +233,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = TlsContext::load("", "", dir.path(), &["example.org".into()]).unwrap();
         let b = TlsContext::load("", "", dir.path(), &["example.org".into()]).unwrap();
-        assert_eq!(a.leaf, b.leaf, "second start must reuse the generated certificate");
+        assert_eq!(
+            a.leaf, b.leaf,
+            "second start must reuse the generated certificate"
+        );
         // rcgen signs with ECDSA P-256/SHA-256, so the end-point hash is SHA-256 of the DER.
         assert_eq!(
             a.server_end_point.as_deref(),

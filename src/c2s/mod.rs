@@ -53,7 +53,12 @@ pub async fn accept_loop(state: Arc<ServerState>, listener: TcpListener, direct_
     }
 }
 
-async fn run_connection(state: Arc<ServerState>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+async fn run_connection(
+    state: Arc<ServerState>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+) {
     let io = if direct_tls {
         let timeout = Duration::from_secs(state.config.c2s.login_timeout_secs);
         match tokio::time::timeout(timeout, state.tls.acceptor.accept(tcp)).await {
@@ -142,7 +147,11 @@ impl Conn {
     /// Read once from the socket into the parser. `Ok(false)`: the peer closed.
     pub async fn read_some(&mut self) -> Result<bool, End> {
         self.rbuf.reserve(READ_CHUNK);
-        let n = self.io.read_buf(&mut self.rbuf).await.map_err(|_| End::Io)?;
+        let n = self
+            .io
+            .read_buf(&mut self.rbuf)
+            .await
+            .map_err(|_| End::Io)?;
         if n == 0 {
             return Ok(false);
         }

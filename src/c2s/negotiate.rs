@@ -33,7 +33,10 @@ pub async fn negotiate(conn: &mut Conn) -> Result<Bound, End> {
     let timeout = Duration::from_secs(conn.state.config.c2s.login_timeout_secs);
     match tokio::time::timeout(timeout, negotiate_inner(conn)).await {
         Ok(r) => r,
-        Err(_) => Err(End::Error("connection-timeout", Some("login took too long".into()))),
+        Err(_) => Err(End::Error(
+            "connection-timeout",
+            Some("login took too long".into()),
+        )),
     }
 }
 
@@ -47,7 +50,12 @@ async fn negotiate_inner(conn: &mut Conn) -> Result<Bound, End> {
         // A (re)started stream: header, our header, features.
         let header = match conn.next_event().await? {
             Event::Open(h) => h,
-            _ => return Err(End::Error("bad-format", Some("expected a stream header".into()))),
+            _ => {
+                return Err(End::Error(
+                    "bad-format",
+                    Some("expected a stream header".into()),
+                ))
+            }
         };
         check_header(conn, &header)?;
         conn.send_header();
@@ -63,7 +71,12 @@ async fn negotiate_inner(conn: &mut Conn) -> Result<Bound, End> {
             let st = match conn.next_event().await? {
                 Event::Stanza(st) => st,
                 Event::Close => return Err(End::PeerClosed),
-                Event::Open(_) => return Err(End::Error("bad-format", Some("unexpected stream header".into()))),
+                Event::Open(_) => {
+                    return Err(End::Error(
+                        "bad-format",
+                        Some("unexpected stream header".into()),
+                    ))
+                }
             };
             match (st.ns.as_str(), st.name.as_str(), &user) {
                 (NS_TLS, "starttls", None) if !conn.secure() => {
@@ -78,7 +91,10 @@ async fn negotiate_inner(conn: &mut Conn) -> Result<Bound, End> {
                     }
                     failures += 1;
                     if failures >= conn.state.config.limits.max_auth_failures {
-                        return Err(End::Error("policy-violation", Some("too many failed authentication attempts".into())));
+                        return Err(End::Error(
+                            "policy-violation",
+                            Some("too many failed authentication attempts".into()),
+                        ));
                     }
                 }
                 (NS_CLIENT, "iq", None) => preauth_iq(conn, &st).await?,
@@ -88,7 +104,10 @@ async fn negotiate_inner(conn: &mut Conn) -> Result<Bound, End> {
                     }
                 }
                 (NS_CLIENT, _, _) => {
-                    return Err(End::Error("not-authorized", Some("authenticate and bind first".into())))
+                    return Err(End::Error(
+                        "not-authorized",
+                        Some("authenticate and bind first".into()),
+                    ))
                 }
                 _ => return Err(End::Error("unsupported-stanza-type", None)),
             }
@@ -103,10 +122,16 @@ fn check_header(conn: &mut Conn, h: &StreamHeader) -> Result<(), End> {
         conn.domain = d.to_string();
     }
     if h.name != "stream" || h.stream_ns.as_deref() != Some(NS_STREAM) {
-        return Err(End::Error("invalid-namespace", Some("wrong stream namespace".into())));
+        return Err(End::Error(
+            "invalid-namespace",
+            Some("wrong stream namespace".into()),
+        ));
     }
     if h.default_ns.as_deref() != Some(NS_CLIENT) {
-        return Err(End::Error("invalid-namespace", Some("this port serves jabber:client".into())));
+        return Err(End::Error(
+            "invalid-namespace",
+            Some("this port serves jabber:client".into()),
+        ));
     }
     let major = h
         .version
@@ -114,12 +139,16 @@ fn check_header(conn: &mut Conn, h: &StreamHeader) -> Result<(), End> {
         .and_then(|v| v.split('.').next())
         .and_then(|m| m.trim().parse::<u32>().ok());
     if major != Some(1) {
-        return Err(End::Error("unsupported-version", Some("XMPP 1.0 streams only".into())));
+        return Err(End::Error(
+            "unsupported-version",
+            Some("XMPP 1.0 streams only".into()),
+        ));
     }
     match requested {
-        Some(d) if !conn.state.serves(&d) => {
-            Err(End::Error("host-unknown", Some(format!("{d} is not served here"))))
-        }
+        Some(d) if !conn.state.serves(&d) => Err(End::Error(
+            "host-unknown",
+            Some(format!("{d} is not served here")),
+        )),
         _ => Ok(()),
     }
 }
@@ -146,14 +175,22 @@ fn features(conn: &Conn, authenticated: bool) -> Vec<Element> {
         if conn.secure() || !tls_required {
             let mut mechs = Element::builder("mechanisms", NS_SASL);
             for m in offered_mechanisms(conn) {
-                mechs = mechs.append(Element::builder("mechanism", NS_SASL).append(m.name()).build());
+                mechs = mechs.append(
+                    Element::builder("mechanism", NS_SASL)
+                        .append(m.name())
+                        .build(),
+                );
             }
             f.push(mechs.build());
             let types = conn.bindings.types();
             if !types.is_empty() {
                 let mut cb = Element::builder("sasl-channel-binding", NS_SASL_CB);
                 for t in types {
-                    cb = cb.append(Element::builder("channel-binding", NS_SASL_CB).at("type", t).build());
+                    cb = cb.append(
+                        Element::builder("channel-binding", NS_SASL_CB)
+                            .at("type", t)
+                            .build(),
+                    );
                 }
                 f.push(cb.build());
             }
@@ -215,9 +252,15 @@ fn sasl_el(name: &str, data: Option<&[u8]>) -> Element {
 }
 
 fn sasl_failure(conn: &mut Conn, e: &SaslError) {
-    let mut f = Element::builder("failure", NS_SASL).append(Element::builder(e.condition(), NS_SASL).build());
+    let mut f = Element::builder("failure", NS_SASL)
+        .append(Element::builder(e.condition(), NS_SASL).build());
     if let SaslError::MalformedRequest(t) = e {
-        f = f.append(Element::builder("text", NS_SASL).at("xml:lang", "en").append(t.as_str()).build());
+        f = f.append(
+            Element::builder("text", NS_SASL)
+                .at("xml:lang", "en")
+                .append(t.as_str())
+                .build(),
+        );
     }
     conn.write_el(&f.build());
 }
@@ -242,7 +285,10 @@ async fn sasl_response(conn: &mut Conn) -> Result<Result<Vec<u8>, SaslError>, En
         }
         Event::Stanza(st) if st.ns == NS_SASL && st.name == "abort" => Ok(Err(SaslError::Aborted)),
         Event::Close => Err(End::PeerClosed),
-        _ => Err(End::Error("not-authorized", Some("SASL exchange interrupted".into()))),
+        _ => Err(End::Error(
+            "not-authorized",
+            Some("SASL exchange interrupted".into()),
+        )),
     }
 }
 
@@ -255,11 +301,17 @@ async fn sasl_exchange(conn: &mut Conn, auth: &Stanza) -> Result<Option<String>,
         .and_then(Mechanism::from_name)
         .filter(|m| offered_mechanisms(conn).contains(m));
     let result = match mech {
-        None if conn.state.config.c2s.require_tls && !conn.secure() => Err(SaslError::EncryptionRequired),
+        None if conn.state.config.c2s.require_tls && !conn.secure() => {
+            Err(SaslError::EncryptionRequired)
+        }
         None => Err(SaslError::InvalidMechanism),
         Some(m) => {
             let text = el.text();
-            let initial = if text.trim().is_empty() { None } else { Some(decode_b64(&text)) };
+            let initial = if text.trim().is_empty() {
+                None
+            } else {
+                Some(decode_b64(&text))
+            };
             match m {
                 Mechanism::Plain => plain(conn, initial).await?,
                 Mechanism::Scram { alg, plus } => scram(conn, initial, alg, plus).await?,
@@ -282,7 +334,10 @@ async fn sasl_exchange(conn: &mut Conn, auth: &Stanza) -> Result<Option<String>,
 
 type SaslOutcome = Result<(String, Option<Vec<u8>>), SaslError>;
 
-async fn initial_or_prompt(conn: &mut Conn, initial: Option<Result<Vec<u8>, SaslError>>) -> Result<Result<Vec<u8>, SaslError>, End> {
+async fn initial_or_prompt(
+    conn: &mut Conn,
+    initial: Option<Result<Vec<u8>, SaslError>>,
+) -> Result<Result<Vec<u8>, SaslError>, End> {
     match initial {
         Some(r) => Ok(r),
         None => {
@@ -297,13 +352,20 @@ fn check_authzid(authzid: Option<&str>, user: &str, domain: &str) -> Result<(), 
     match authzid {
         None => Ok(()),
         Some(a) => match BareJid::new(a) {
-            Ok(j) if j.node().map(|n| n.as_str()) == Some(user) && j.domain().as_str() == domain => Ok(()),
+            Ok(j)
+                if j.node().map(|n| n.as_str()) == Some(user) && j.domain().as_str() == domain =>
+            {
+                Ok(())
+            }
             _ => Err(SaslError::InvalidAuthzid),
         },
     }
 }
 
-async fn plain(conn: &mut Conn, initial: Option<Result<Vec<u8>, SaslError>>) -> Result<SaslOutcome, End> {
+async fn plain(
+    conn: &mut Conn,
+    initial: Option<Result<Vec<u8>, SaslError>>,
+) -> Result<SaslOutcome, End> {
     let msg = match initial_or_prompt(conn, initial).await? {
         Ok(m) => m,
         Err(e) => return Ok(Err(e)),
@@ -312,7 +374,8 @@ async fn plain(conn: &mut Conn, initial: Option<Result<Vec<u8>, SaslError>>) -> 
         Ok(p) => p,
         Err(e) => return Ok(Err(e)),
     };
-    let Some(user) = crate::modules::register::normalize_username(&parsed.authcid, &conn.domain) else {
+    let Some(user) = crate::modules::register::normalize_username(&parsed.authcid, &conn.domain)
+    else {
         return Ok(Err(SaslError::NotAuthorized));
     };
     if let Err(e) = check_authzid(parsed.authzid.as_deref(), &user, &conn.domain) {
@@ -335,7 +398,11 @@ async fn plain(conn: &mut Conn, initial: Option<Result<Vec<u8>, SaslError>>) -> 
     let ok = tokio::task::spawn_blocking(move || sasl::plain_verify(&cred, &password))
         .await
         .unwrap_or(false);
-    Ok(if ok { Ok((user, None)) } else { Err(SaslError::NotAuthorized) })
+    Ok(if ok {
+        Ok((user, None))
+    } else {
+        Err(SaslError::NotAuthorized)
+    })
 }
 
 async fn scram(
@@ -395,14 +462,24 @@ async fn preauth_iq(conn: &mut Conn, st: &Stanza) -> Result<(), End> {
     }
     let el = st.element()?;
     let payload = el.children().next();
-    let is_register = payload.map(|p| p.ns() == crate::modules::register::NS).unwrap_or(false);
+    let is_register = payload
+        .map(|p| p.ns() == crate::modules::register::NS)
+        .unwrap_or(false);
     if !is_register {
-        return Err(End::Error("not-authorized", Some("authenticate first".into())));
+        return Err(End::Error(
+            "not-authorized",
+            Some("authenticate first".into()),
+        ));
     }
     let reply = match (st.type_.as_deref(), payload) {
         (Some(t @ ("get" | "set")), Some(payload)) if el.children().count() == 1 => {
-            let domain = BareJid::new(&conn.domain).map_err(|_| End::Error("internal-server-error", None))?;
-            let module = conn.state.modules.for_iq(Scope::Server, crate::modules::register::NS).cloned();
+            let domain = BareJid::new(&conn.domain)
+                .map_err(|_| End::Error("internal-server-error", None))?;
+            let module = conn
+                .state
+                .modules
+                .for_iq(Scope::Server, crate::modules::register::NS)
+                .cloned();
             let state: Arc<_> = conn.state.clone();
             let r = match module {
                 Some(m) => {
@@ -433,10 +510,17 @@ async fn preauth_iq(conn: &mut Conn, st: &Stanza) -> Result<(), End> {
 /// RFC 6120 §7: bind a resource (client-chosen or generated). Ok(None) after an IQ error.
 async fn bind(conn: &mut Conn, st: &Stanza, user: &str) -> Result<Option<Bound>, End> {
     let el = st.element()?;
-    let Some(bind) = el.get_child("bind", NS_BIND).filter(|_| st.type_.as_deref() == Some("set")) else {
-        return Err(End::Error("not-authorized", Some("bind a resource first".into())));
+    let Some(bind) = el
+        .get_child("bind", NS_BIND)
+        .filter(|_| st.type_.as_deref() == Some("set"))
+    else {
+        return Err(End::Error(
+            "not-authorized",
+            Some("bind a resource first".into()),
+        ));
     };
-    let bare = BareJid::new(&format!("{user}@{}", conn.domain)).map_err(|_| End::Error("internal-server-error", None))?;
+    let bare = BareJid::new(&format!("{user}@{}", conn.domain))
+        .map_err(|_| End::Error("internal-server-error", None))?;
     let requested = bind
         .get_child("resource", NS_BIND)
         .map(|r| r.text())
@@ -468,14 +552,31 @@ async fn bind(conn: &mut Conn, st: &Stanza, user: &str) -> Result<Option<Bound>,
         .bind(bare.as_str(), jid.resource().as_str(), handle.clone(), max)
         .is_err()
     {
-        conn.write_el(&error_reply(&el, &StanzaError::with_text(Condition::ResourceConstraint, "too many resources")));
+        conn.write_el(&error_reply(
+            &el,
+            &StanzaError::with_text(Condition::ResourceConstraint, "too many resources"),
+        ));
         return Ok(None);
     }
     let payload = Element::builder("bind", NS_BIND)
-        .append(Element::builder("jid", NS_BIND).append(jid.to_string()).build())
+        .append(
+            Element::builder("jid", NS_BIND)
+                .append(jid.to_string())
+                .build(),
+        )
         .build();
-    conn.write_el(&crate::stanza::iq_result(st.id.as_deref().unwrap_or(""), None, None, Some(payload)));
+    conn.write_el(&crate::stanza::iq_result(
+        st.id.as_deref().unwrap_or(""),
+        None,
+        None,
+        Some(payload),
+    ));
     conn.flush().await?;
     tracing::info!(peer = %conn.peer, jid = %jid, "resource bound");
-    Ok(Some(Bound { jid, handle, rx, kick }))
+    Ok(Some(Bound {
+        jid,
+        handle,
+        rx,
+        kick,
+    }))
 }

@@ -141,7 +141,10 @@ impl Session {
                 Some(Event::Stanza(st)) => self.handle_stanza(st).await?,
                 Some(Event::Close) => return Err(End::PeerClosed),
                 Some(Event::Open(_)) => {
-                    return Err(End::Error("bad-format", Some("unexpected stream header".into())))
+                    return Err(End::Error(
+                        "bad-format",
+                        Some("unexpected stream header".into()),
+                    ))
                 }
                 None => return Ok(()),
             }
@@ -163,12 +166,15 @@ impl Session {
 
     async fn handle_stanza(&mut self, st: Stanza) -> Result<(), End> {
         if st.ns != NS_CLIENT || !matches!(st.name.as_str(), "message" | "presence" | "iq") {
-            return Err(End::Error("unsupported-stanza-type", Some(format!("<{}/> in {}", st.name, st.ns))));
+            return Err(End::Error(
+                "unsupported-stanza-type",
+                Some(format!("<{}/> in {}", st.name, st.ns)),
+            ));
         }
         // RFC 6120 §8.1.2.1: a 'from' must be this session's own address.
         if let Some(from) = st.from.as_deref() {
             match parse_jid(from) {
-                Ok(j) if j == Jid::from(self.jid.clone()) || j == Jid::from(self.bare.clone()) => {}
+                Ok(j) if j == self.jid || j == self.bare => {}
                 _ => return Err(End::Error("invalid-from", None)),
             }
         }
@@ -189,7 +195,8 @@ impl Session {
         match st.name.as_str() {
             "message" => crate::message::outbound(&ctx, &st, to, &mut self.conn.out).await,
             "presence" => {
-                crate::presence::outbound(&ctx, &mut self.presence, &st, to, &mut self.conn.out).await
+                crate::presence::outbound(&ctx, &mut self.presence, &st, to, &mut self.conn.out)
+                    .await
             }
             _ => iq(&ctx, &st, to, &mut self.conn.out).await?,
         }
@@ -204,10 +211,11 @@ impl Session {
             handle: &self.handle,
         };
         crate::presence::disconnected(&ctx, &mut self.presence).await;
-        self.conn
-            .state
-            .router
-            .unbind(self.bare.as_str(), self.jid.resource().as_str(), self.handle.id);
+        self.conn.state.router.unbind(
+            self.bare.as_str(),
+            self.jid.resource().as_str(),
+            self.handle.id,
+        );
     }
 }
 
@@ -224,7 +232,12 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
     if !ctx.server.serves(domain) {
         // No server-to-server yet: every remote domain is unreachable.
         if is_request {
-            bounce(out, st, ctx.jid, StanzaError::new(Condition::RemoteServerNotFound));
+            bounce(
+                out,
+                st,
+                ctx.jid,
+                StanzaError::new(Condition::RemoteServerNotFound),
+            );
         }
         return Ok(());
     }
@@ -233,9 +246,17 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
         let bare = target.to_bare();
         let bytes = st.rewrite(Some(ctx.jid.as_str()), None);
         let delivered = target.node().is_some()
-            && ctx.server.router.send_full(bare.as_str(), resource.as_str(), Deliver::Bytes(bytes));
+            && ctx
+                .server
+                .router
+                .send_full(bare.as_str(), resource.as_str(), Deliver::Bytes(bytes));
         if !delivered && is_request {
-            bounce(out, st, ctx.jid, StanzaError::new(Condition::ServiceUnavailable));
+            bounce(
+                out,
+                st,
+                ctx.jid,
+                StanzaError::new(Condition::ServiceUnavailable),
+            );
         }
         return Ok(());
     }
@@ -248,7 +269,11 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
         bounce(out, st, ctx.jid, StanzaError::new(Condition::BadRequest));
         return Ok(());
     };
-    let scope = if target.node().is_some() { Scope::Account } else { Scope::Server };
+    let scope = if target.node().is_some() {
+        Scope::Account
+    } else {
+        Scope::Server
+    };
     let bare_target = target.to_bare();
     let result = match ctx.server.modules.for_iq(scope, payload.ns().as_str()) {
         Some(m) => {
@@ -267,7 +292,12 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
     };
     let reply_from = st.to.as_ref().map(|_| target.as_str());
     let reply = match result {
-        Ok(p) => iq_result(st.id.as_deref().unwrap_or(""), reply_from, Some(ctx.jid.as_str()), p),
+        Ok(p) => iq_result(
+            st.id.as_deref().unwrap_or(""),
+            reply_from,
+            Some(ctx.jid.as_str()),
+            p,
+        ),
         Err(e) => {
             let mut orig = el.clone();
             orig.put_attr("from", ctx.jid.as_str());

@@ -67,7 +67,10 @@ fn identity(category: &str, type_: &str, name: Option<&str>) -> Element {
     b.build()
 }
 
-fn with_features<'f>(mut q: minidom::ElementBuilder, features: impl Iterator<Item = &'f str>) -> minidom::ElementBuilder {
+fn with_features<'f>(
+    mut q: minidom::ElementBuilder,
+    features: impl Iterator<Item = &'f str>,
+) -> minidom::ElementBuilder {
     let mut list: Vec<&str> = features.collect();
     list.sort_unstable();
     list.dedup();
@@ -85,7 +88,12 @@ fn server_info(req: &IqRequest<'_>) -> Element {
 pub fn server_info_element(server: &crate::server::ServerState) -> Element {
     let modules = server.modules.all();
     let q = Element::builder("query", NS_INFO).append(identity("server", "im", Some("Starling")));
-    let mut q = with_features(q, modules.iter().flat_map(|m| m.server_features().iter().copied()));
+    let mut q = with_features(
+        q,
+        modules
+            .iter()
+            .flat_map(|m| m.server_features().iter().copied()),
+    );
     for m in modules {
         for form in m.server_info_forms(server) {
             q = q.append(form);
@@ -97,7 +105,13 @@ pub fn server_info_element(server: &crate::server::ServerState) -> Element {
 fn account_info(req: &IqRequest<'_>) -> Element {
     let modules = req.server.modules.all();
     let q = Element::builder("query", NS_INFO).append(identity("account", "registered", None));
-    with_features(q, modules.iter().flat_map(|m| m.account_features().iter().copied())).build()
+    with_features(
+        q,
+        modules
+            .iter()
+            .flat_map(|m| m.account_features().iter().copied()),
+    )
+    .build()
 }
 
 /// XEP-0030 §3.1 / RFC 6121 §8.5.3.1: an account answers for itself to its owner and to
@@ -152,7 +166,11 @@ impl Module for ContactAddresses {
             Element::builder("field", NS_DATA)
                 .at("var", "FORM_TYPE")
                 .at("type", "hidden")
-                .append(Element::builder("value", NS_DATA).append(NS_SERVERINFO).build())
+                .append(
+                    Element::builder("value", NS_DATA)
+                        .append(NS_SERVERINFO)
+                        .build(),
+                )
                 .build(),
         );
         for (var, values) in fields {
@@ -163,7 +181,11 @@ impl Module for ContactAddresses {
                 .at("var", var)
                 .at("type", "list-multi");
             for v in values {
-                f = f.append(Element::builder("value", NS_DATA).append(v.as_str()).build());
+                f = f.append(
+                    Element::builder("value", NS_DATA)
+                        .append(v.as_str())
+                        .build(),
+                );
             }
             form = form.append(f.build());
         }
@@ -188,7 +210,8 @@ pub fn caps_ver(info: &Element) -> String {
                 "{}/{}/{}/{}<",
                 i.attr("category").unwrap_or(""),
                 i.attr("type").unwrap_or(""),
-                i.attr_ns(&minidom::rxml::Namespace::XML, "lang").unwrap_or(""),
+                i.attr_ns(&minidom::rxml::Namespace::XML, "lang")
+                    .unwrap_or(""),
                 i.attr("name").unwrap_or("")
             )
         })
@@ -255,7 +278,11 @@ impl Module for ServerCaps {
     fn handle_iq<'a>(&'a self, _req: IqRequest<'a>) -> IqFuture<'a> {
         Box::pin(async { Err(StanzaError::new(Condition::ServiceUnavailable)) })
     }
-    fn stream_features(&self, server: &crate::server::ServerState, authenticated: bool) -> Vec<Element> {
+    fn stream_features(
+        &self,
+        server: &crate::server::ServerState,
+        authenticated: bool,
+    ) -> Vec<Element> {
         if !authenticated {
             return Vec::new();
         }

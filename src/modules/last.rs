@@ -45,7 +45,9 @@ impl Module for LastActivity {
                         .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
                     let owner = (req.to.domain().as_str(), node.as_str());
                     if !req.is_self() {
-                        let from = req.from.ok_or_else(|| StanzaError::new(Condition::Forbidden))?;
+                        let from = req
+                            .from
+                            .ok_or_else(|| StanzaError::new(Condition::Forbidden))?;
                         let item = req
                             .server
                             .storage

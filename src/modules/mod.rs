@@ -30,7 +30,8 @@ pub enum Scope {
     Account,
 }
 
-pub type IqFuture<'a> = Pin<Box<dyn Future<Output = Result<Option<Element>, StanzaError>> + Send + 'a>>;
+pub type IqFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Element>, StanzaError>> + Send + 'a>>;
 
 /// One IQ get/set for a handler.
 pub struct IqRequest<'a> {

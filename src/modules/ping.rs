@@ -19,7 +19,9 @@ impl Module for Ping {
         Box::pin(async move {
             // XEP-0199 §4: a ping is an IQ get; the pong is an empty result.
             if req.set {
-                Err(crate::stanza::StanzaError::new(crate::stanza::Condition::BadRequest))
+                Err(crate::stanza::StanzaError::new(
+                    crate::stanza::Condition::BadRequest,
+                ))
             } else {
                 Ok(None)
             }

@@ -24,7 +24,11 @@ impl Module for Register {
     fn server_features(&self) -> &'static [&'static str] {
         &[NS]
     }
-    fn stream_features(&self, server: &crate::server::ServerState, authenticated: bool) -> Vec<Element> {
+    fn stream_features(
+        &self,
+        server: &crate::server::ServerState,
+        authenticated: bool,
+    ) -> Vec<Element> {
         if !authenticated && server.config.registration.open {
             vec![Element::builder("register", NS_FEATURE).build()]
         } else {
@@ -36,7 +40,10 @@ impl Module for Register {
             match req.from {
                 None => unauthenticated(&req).await,
                 Some(from) => {
-                    let user = from.node().map(|n| n.as_str().to_string()).unwrap_or_default();
+                    let user = from
+                        .node()
+                        .map(|n| n.as_str().to_string())
+                        .unwrap_or_default();
                     authenticated(&req, &user, from.domain().as_str()).await
                 }
             }
@@ -59,7 +66,11 @@ fn field(name: &str, value: Option<&str>) -> Element {
 async fn unauthenticated(req: &IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
     if !req.server.config.registration.open {
         return Err(StanzaError::with_text(
-            if req.set { Condition::NotAllowed } else { Condition::ServiceUnavailable },
+            if req.set {
+                Condition::NotAllowed
+            } else {
+                Condition::ServiceUnavailable
+            },
             "In-band registration is disabled on this server",
         ));
     }
@@ -88,7 +99,13 @@ async fn unauthenticated(req: &IqRequest<'_>) -> Result<Option<Element>, StanzaE
     let user = normalize_username(&username, domain)
         .ok_or_else(|| StanzaError::with_text(Condition::JidMalformed, "Invalid username"))?;
     let creds = hash_password(password, req.server.config.auth.scram_iterations).await?;
-    match req.server.storage.accounts().create((domain, &user), &creds).await {
+    match req
+        .server
+        .storage
+        .accounts()
+        .create((domain, &user), &creds)
+        .await
+    {
         Ok(()) => {
             tracing::info!(user = %format!("{user}@{domain}"), "account registered in-band");
             Ok(None)
@@ -132,7 +149,13 @@ async fn authenticated(
         }
     }
     let creds = hash_password(password, req.server.config.auth.scram_iterations).await?;
-    if !req.server.storage.accounts().set_credentials((domain, user), &creds).await? {
+    if !req
+        .server
+        .storage
+        .accounts()
+        .set_credentials((domain, user), &creds)
+        .await?
+    {
         return Err(StanzaError::new(Condition::ItemNotFound));
     }
     tracing::info!(user = %format!("{user}@{domain}"), "password changed in-band");

@@ -26,7 +26,11 @@ impl Module for EntityTime {
             Ok(Some(
                 Element::builder("time", NS)
                     .append(Element::builder("tzo", NS).append("+00:00").build())
-                    .append(Element::builder("utc", NS).append(xep82_datetime(now_ms())).build())
+                    .append(
+                        Element::builder("utc", NS)
+                            .append(xep82_datetime(now_ms()))
+                            .build(),
+                    )
                     .build(),
             ))
         })

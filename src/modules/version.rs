@@ -31,7 +31,11 @@ impl Module for Version {
                         .build(),
                 );
             if req.server.config.server_info.version_show_os {
-                q = q.append(Element::builder("os", NS).append(std::env::consts::OS).build());
+                q = q.append(
+                    Element::builder("os", NS)
+                        .append(std::env::consts::OS)
+                        .build(),
+                );
             }
             Ok(Some(q.build()))
         })

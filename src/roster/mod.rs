@@ -61,7 +61,9 @@ impl Module for RosterModule {
 
 /// (domain, localpart) of a bare JID with a localpart.
 pub fn owner_of(jid: &BareJid) -> Result<(String, String), StanzaError> {
-    let node = jid.node().ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
+    let node = jid
+        .node()
+        .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
     Ok((jid.domain().as_str().to_string(), node.as_str().to_string()))
 }
 
@@ -84,11 +86,19 @@ fn item_element(item: &RosterItem) -> Element {
     b.build()
 }
 
-async fn get(req: &IqRequest<'_>, owner: &(String, String)) -> Result<Option<Element>, StanzaError> {
+async fn get(
+    req: &IqRequest<'_>,
+    owner: &(String, String),
+) -> Result<Option<Element>, StanzaError> {
     if let Some(s) = req.session {
         s.interested.store(true, Ordering::Relaxed);
     }
-    let (ver, items) = req.server.storage.roster().get_all((&owner.0, &owner.1)).await?;
+    let (ver, items) = req
+        .server
+        .storage
+        .roster()
+        .get_all((&owner.0, &owner.1))
+        .await?;
     let client_ver = req.payload.attr("ver");
     if client_ver == Some(ver.to_string().as_str()) {
         // XEP-0237 / RFC 6121 §2.6.3: up to date, empty result.
@@ -129,7 +139,10 @@ async fn set(req: &IqRequest<'_>, owner: &(String, String)) -> Result<(), Stanza
         }
         groups.push(name);
     }
-    let name = item.attr("name").filter(|n| !n.is_empty()).map(str::to_string);
+    let name = item
+        .attr("name")
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
     let storage = &req.server.storage;
     let existing = storage.roster().get(user, contact.as_str()).await?;
     let updated = match existing {
@@ -149,18 +162,30 @@ async fn set(req: &IqRequest<'_>, owner: &(String, String)) -> Result<(), Stanza
 }
 
 /// RFC 6121 §2.5: removing an item also cancels subscriptions in both directions.
-async fn remove(server: &Arc<ServerState>, user: (&str, &str), contact: &BareJid) -> Result<(), StanzaError> {
+async fn remove(
+    server: &Arc<ServerState>,
+    user: (&str, &str),
+    contact: &BareJid,
+) -> Result<(), StanzaError> {
     let storage = &server.storage;
     let Some(existing) = storage.roster().get(user, contact.as_str()).await? else {
         return Err(StanzaError::new(Condition::ItemNotFound));
     };
-    let pending_in = storage.roster().pending_in_remove(user, contact.as_str()).await?;
-    let me = BareJid::new(&format!("{}@{}", user.1, user.0)).map_err(|_| StanzaError::new(Condition::InternalServerError))?;
+    let pending_in = storage
+        .roster()
+        .pending_in_remove(user, contact.as_str())
+        .await?;
+    let me = BareJid::new(&format!("{}@{}", user.1, user.0))
+        .map_err(|_| StanzaError::new(Condition::InternalServerError))?;
     let mut queue = VecDeque::new();
     if matches!(existing.subscription, Subscription::To | Subscription::Both) || existing.ask {
         queue.push_back(generated(&me, contact, SubType::Unsubscribe));
     }
-    if matches!(existing.subscription, Subscription::From | Subscription::Both) || pending_in {
+    if matches!(
+        existing.subscription,
+        Subscription::From | Subscription::Both
+    ) || pending_in
+    {
         queue.push_back(generated(&me, contact, SubType::Unsubscribed));
         unavailable_to(server, &me, contact);
     }
@@ -196,10 +221,17 @@ fn send_push(server: &ServerState, user: (&str, &str), item: Element, ver: i64) 
     let iq = Element::builder("iq", NS_CLIENT)
         .at("type", "set")
         .at("id", format!("push-{}", crate::stanza::random_id()))
-        .append(Element::builder("query", NS).at("ver", ver.to_string()).append(item).build())
+        .append(
+            Element::builder("query", NS)
+                .at("ver", ver.to_string())
+                .append(item)
+                .build(),
+        )
         .build();
     let bare = format!("{}@{}", user.1, user.0);
-    server.router.send_all(&bare, &Deliver::RosterPush(Arc::new(iq)));
+    server
+        .router
+        .send_all(&bare, &Deliver::RosterPush(Arc::new(iq)));
 }
 
 /// A subscription stanza travelling from one bare JID to another.
@@ -225,9 +257,17 @@ fn generated(from: &BareJid, to: &BareJid, kind: SubType) -> SubStanza {
     }
 }
 
-async fn load_state(server: &ServerState, user: (&str, &str), contact: &str) -> Result<(Option<RosterItem>, SubState), StorageError> {
+async fn load_state(
+    server: &ServerState,
+    user: (&str, &str),
+    contact: &str,
+) -> Result<(Option<RosterItem>, SubState), StorageError> {
     let item = server.storage.roster().get(user, contact).await?;
-    let pending_in = server.storage.roster().pending_in_has(user, contact).await?;
+    let pending_in = server
+        .storage
+        .roster()
+        .pending_in_has(user, contact)
+        .await?;
     let s = match &item {
         Some(i) => SubState {
             sub: i.subscription,
@@ -255,13 +295,16 @@ async fn save_state(
 ) -> Result<(), StorageError> {
     let roster = server.storage.roster();
     if new.pending_in && !old.pending_in {
-        let text = pending_stanza.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+        let text = pending_stanza
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
         roster.pending_in_add(user, contact, &text).await?;
     } else if !new.pending_in && old.pending_in {
         roster.pending_in_remove(user, contact).await?;
     }
     let needs_item = new.sub != Subscription::None || new.pending_out || new.approved;
-    let changed = (old.sub, old.pending_out, old.approved) != (new.sub, new.pending_out, new.approved);
+    let changed =
+        (old.sub, old.pending_out, old.approved) != (new.sub, new.pending_out, new.approved);
     if !changed || (item.is_none() && !needs_item) {
         return Ok(());
     }
@@ -286,14 +329,28 @@ fn user_of(j: &BareJid) -> Option<(&str, &str)> {
 }
 
 /// A subscription stanza sent by a local user (RFC 6121 §3, "user's server" side).
-pub async fn outbound(server: &Arc<ServerState>, me: &BareJid, contact: BareJid, kind: SubType, bytes: Bytes) {
+pub async fn outbound(
+    server: &Arc<ServerState>,
+    me: &BareJid,
+    contact: BareJid,
+    kind: SubType,
+    bytes: Bytes,
+) {
     if let Err(e) = outbound_inner(server, me, contact, kind, bytes).await {
         tracing::error!(error = %e, "subscription processing failed");
     }
 }
 
-async fn outbound_inner(server: &Arc<ServerState>, me: &BareJid, contact: BareJid, kind: SubType, bytes: Bytes) -> Result<(), StorageError> {
-    let Some(user) = user_of(me) else { return Ok(()) };
+async fn outbound_inner(
+    server: &Arc<ServerState>,
+    me: &BareJid,
+    contact: BareJid,
+    kind: SubType,
+    bytes: Bytes,
+) -> Result<(), StorageError> {
+    let Some(user) = user_of(me) else {
+        return Ok(());
+    };
     if contact == *me || contact.node().is_none() {
         return Ok(());
     }
@@ -336,11 +393,17 @@ pub async fn deliver_inbound(server: &Arc<ServerState>, mut queue: VecDeque<SubS
     }
 }
 
-async fn inbound_one(server: &Arc<ServerState>, s: SubStanza, queue: &mut VecDeque<SubStanza>) -> Result<(), StorageError> {
+async fn inbound_one(
+    server: &Arc<ServerState>,
+    s: SubStanza,
+    queue: &mut VecDeque<SubStanza>,
+) -> Result<(), StorageError> {
     if !server.serves(s.to.domain().as_str()) {
         return Ok(()); // remote: no server-to-server yet
     }
-    let Some(user) = user_of(&s.to) else { return Ok(()) };
+    let Some(user) = user_of(&s.to) else {
+        return Ok(());
+    };
     if !server.storage.accounts().exists(user).await? {
         // §3.1.3: a request to an account that does not exist is answered 'unsubscribed'.
         if s.kind == SubType::Subscribe {
@@ -350,9 +413,20 @@ async fn inbound_one(server: &Arc<ServerState>, s: SubStanza, queue: &mut VecDeq
     }
     let (item, old) = load_state(server, user, s.from.as_str()).await?;
     let i = state::inbound(old, s.kind);
-    save_state(server, user, s.from.as_str(), item, old, i.state, Some(&s.bytes)).await?;
+    save_state(
+        server,
+        user,
+        s.from.as_str(),
+        item,
+        old,
+        i.state,
+        Some(&s.bytes),
+    )
+    .await?;
     if i.deliver {
-        server.router.send_available(s.to.as_str(), &Deliver::Bytes(s.bytes.clone()));
+        server
+            .router
+            .send_available(s.to.as_str(), &Deliver::Bytes(s.bytes.clone()));
     }
     if i.auto_subscribed {
         queue.push_back(generated(&s.to, &s.from, SubType::Subscribed));
@@ -376,7 +450,9 @@ pub fn presence_to(server: &ServerState, me: &BareJid, contact: &BareJid) {
         if let Some(p) = &r.presence {
             let from = format!("{}/{}", me.as_str(), r.resource);
             let bytes = p.rewrite(Some(&from), Some(contact.as_str()));
-            server.router.send_available(contact.as_str(), &Deliver::Bytes(bytes));
+            server
+                .router
+                .send_available(contact.as_str(), &Deliver::Bytes(bytes));
         }
     }
 }
@@ -394,7 +470,9 @@ pub fn unavailable_to(server: &ServerState, me: &BareJid, contact: &BareJid) {
                 xml::escape(&r.resource),
                 xml::escape(contact.as_str())
             );
-            server.router.send_available(contact.as_str(), &Deliver::Bytes(Bytes::from(bytes)));
+            server
+                .router
+                .send_available(contact.as_str(), &Deliver::Bytes(Bytes::from(bytes)));
         }
     }
 }

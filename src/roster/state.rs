@@ -78,7 +78,14 @@ pub fn outbound(s: SubState, t: SubType) -> Outbound {
     match t {
         // A.2.1: routed in every state; Pending Out is set unless already subscribed.
         SubType::Subscribe => Outbound {
-            state: if s.has_to() { s } else { SubState { pending_out: true, ..s } },
+            state: if s.has_to() {
+                s
+            } else {
+                SubState {
+                    pending_out: true,
+                    ..s
+                }
+            },
             route: true,
         },
         // A.2.2: clears the 'to' half and Pending Out; routed in every state (§3.3.2).
@@ -103,11 +110,17 @@ pub fn outbound(s: SubState, t: SubType) -> Outbound {
                 }
             } else if !s.has_from() {
                 Outbound {
-                    state: SubState { approved: true, ..s },
+                    state: SubState {
+                        approved: true,
+                        ..s
+                    },
                     route: false,
                 }
             } else {
-                Outbound { state: s, route: false }
+                Outbound {
+                    state: s,
+                    route: false,
+                }
             }
         }
         // A.2.4: cancels 'from' or denies Pending In; routed only if something changed.
@@ -164,7 +177,10 @@ pub fn inbound(s: SubState, t: SubType) -> Inbound {
                 unchanged
             } else {
                 Inbound {
-                    state: SubState { pending_in: true, ..s },
+                    state: SubState {
+                        pending_in: true,
+                        ..s
+                    },
                     deliver: true,
                     auto_subscribed: false,
                 }
@@ -293,7 +309,10 @@ mod tests {
 
     #[test]
     fn a_2_3_outbound_subscribed() {
-        let pre = |s: SubState| SubState { approved: true, ..s };
+        let pre = |s: SubState| SubState {
+            approved: true,
+            ..s
+        };
         check_out(
             SubType::Subscribed,
             [

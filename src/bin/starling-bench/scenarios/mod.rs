@@ -1,0 +1,296 @@
+//! Scenarios and what they share: opening many sessions with bounded concurrency, and
+//! probing the server's and the generator's memory and CPU.
+
+pub mod chat;
+pub mod idle;
+
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::client::{self, ClientConfig, Session};
+use crate::hist::Histogram;
+use crate::procstat::{self, CpuUse, Sample, Target};
+use crate::report::{Json, Report};
+
+/// Options every scenario shares (beyond the connection settings).
+pub struct RunOpts {
+    pub client: Arc<ClientConfig>,
+    pub concurrency: usize,
+    pub login_timeout: Duration,
+    pub close_timeout: Duration,
+    pub server_pid: Option<u32>,
+    pub clk_tck: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// Process probes
+
+/// Samples of the server (when its pid is known) and of the generator, taken together.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    pub server: Option<Sample>,
+    pub gen: Option<Sample>,
+}
+
+pub struct Probe {
+    pid: Option<u32>,
+    pub tck: u64,
+}
+
+impl Probe {
+    pub fn new(pid: Option<u32>, tck: u64) -> Probe {
+        Probe { pid, tck }
+    }
+
+    pub fn snap(&self) -> Snapshot {
+        Snapshot {
+            server: self.pid.and_then(|p| procstat::sample(Target::Pid(p)).ok()),
+            gen: procstat::sample(Target::SelfProc).ok(),
+        }
+    }
+
+    pub fn server_alive(&self) -> bool {
+        self.pid.map(|p| procstat::sample(Target::Pid(p)).is_ok()).unwrap_or(true)
+    }
+
+    /// (server, generator) CPU use between two snapshots.
+    pub fn cpu(&self, a: &Snapshot, b: &Snapshot) -> (Option<CpuUse>, Option<CpuUse>) {
+        let s = match (a.server, b.server) {
+            (Some(x), Some(y)) => Some(CpuUse::between(&x, &y, self.tck)),
+            _ => None,
+        };
+        let g = match (a.gen, b.gen) {
+            (Some(x), Some(y)) => Some(CpuUse::between(&x, &y, self.tck)),
+            _ => None,
+        };
+        (s, g)
+    }
+}
+
+/// Add "server CPU / generator CPU" rows for one phase (`what` names it in keys and labels).
+/// `per`: optional (count, noun) to also report server CPU time per unit of work.
+pub fn cpu_metrics(r: &mut Report, probe: &Probe, a: &Snapshot, b: &Snapshot, what: &str, per: Option<(u64, &str)>) {
+    let (s, g) = probe.cpu(a, b);
+    if let Some(s) = s {
+        r.metric(&format!("server_cpu_{what}_s"), &format!("Server CPU time ({what})"), s.cpu_s, "s");
+        r.metric(
+            &format!("server_cpu_{what}_pct"),
+            &format!("Server CPU ({what}, 100% = one core)"),
+            s.percent(),
+            "%",
+        );
+        if let Some((n, noun)) = per {
+            if n > 0 {
+                r.metric(
+                    &format!("server_cpu_per_{noun}_us"),
+                    &format!("Server CPU per {noun}"),
+                    s.cpu_s * 1e6 / n as f64,
+                    "µs",
+                );
+            }
+        }
+    }
+    if let Some(g) = g {
+        r.metric(&format!("generator_cpu_{what}_s"), &format!("Generator CPU time ({what})"), g.cpu_s, "s");
+        r.metric(
+            &format!("generator_cpu_{what}_pct"),
+            &format!("Generator CPU ({what}, 100% = one core)"),
+            g.percent(),
+            "%",
+        );
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let total = g.percent() + s.map(|s| s.percent()).unwrap_or(0.0);
+        if g.percent() >= 80.0 * cores || total >= 90.0 * cores {
+            r.note(format!(
+                "during {what} the generator used {:.0}% CPU and the server {:.0}% on {cores} core(s): \
+                 the machine was saturated, figures may be generator-bound",
+                g.percent(),
+                s.map(|s| s.percent()).unwrap_or(f64::NAN)
+            ));
+        }
+    }
+}
+
+pub fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+pub fn ms(ns: Option<u64>) -> Option<f64> {
+    ns.map(|v| v as f64 / 1e6)
+}
+
+// ---------------------------------------------------------------------------------------
+// Opening sessions
+
+/// What opening a batch of sessions produced.
+pub struct LoginPhase {
+    pub sessions: Vec<Session>,
+    pub failed: usize,
+    /// Error message (without per-connection details) -> count.
+    pub errors: BTreeMap<String, usize>,
+    pub wall: Duration,
+    pub total: Histogram,
+    pub connect: Histogram,
+    pub tls: Histogram,
+    pub auth: Histogram,
+    pub bind: Histogram,
+}
+
+impl LoginPhase {
+    pub fn rate(&self) -> f64 {
+        self.sessions.len() as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// Rows for the report: counts, rate, latency and its breakdown by phase.
+    pub fn report(&self, r: &mut Report, tls: bool) {
+        r.metric("sessions_ok", "Sessions logged in", self.sessions.len(), "");
+        r.metric("sessions_failed", "Logins failed", self.failed, "");
+        r.metric("login_wall_s", "Time to open all sessions", self.wall.as_secs_f64(), "s");
+        r.metric("login_rate_per_s", "Login rate", self.rate(), "sessions/s");
+        r.metric("login_p50_ms", "Login latency p50 (connect→bound)", ms(self.total.quantile(0.5)), "ms");
+        r.metric("login_p99_ms", "Login latency p99", ms(self.total.quantile(0.99)), "ms");
+        r.metric("login_max_ms", "Login latency max", ms(self.total.max()), "ms");
+        r.metric("login_connect_p50_ms", "… TCP connect p50", ms(self.connect.quantile(0.5)), "ms");
+        if tls {
+            r.metric("login_tls_p50_ms", "… STARTTLS + handshake p50", ms(self.tls.quantile(0.5)), "ms");
+        }
+        r.metric("login_auth_p50_ms", "… stream + SASL p50", ms(self.auth.quantile(0.5)), "ms");
+        r.metric("login_bind_p50_ms", "… restart + bind + presence p50", ms(self.bind.quantile(0.5)), "ms");
+        if !self.errors.is_empty() {
+            let mut errs = Json::obj();
+            for (e, n) in &self.errors {
+                errs = errs.with(e, *n);
+                r.problem(format!("{n} login(s) failed: {e}"));
+            }
+            r.extra("login_errors", errs);
+        }
+    }
+}
+
+/// Failure message as a grouping key (bounded length).
+fn error_key(e: &anyhow::Error) -> String {
+    let s = format!("{e:#}");
+    if s.chars().count() > 200 {
+        format!("{}…", s.chars().take(200).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// Log in accounts `indices` with at most `opts.concurrency` logins in flight. Sessions are
+/// returned sorted by index; failures are counted and grouped by message.
+pub async fn login_many(opts: &RunOpts, indices: std::ops::Range<usize>, label: &str) -> Result<LoginPhase> {
+    let n = indices.len();
+    let sem = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut set = JoinSet::new();
+    let started = Instant::now();
+    let mut phase = LoginPhase {
+        sessions: Vec::with_capacity(n),
+        failed: 0,
+        errors: BTreeMap::new(),
+        wall: Duration::ZERO,
+        total: Histogram::new(),
+        connect: Histogram::new(),
+        tls: Histogram::new(),
+        auth: Histogram::new(),
+        bind: Histogram::new(),
+    };
+    let progress = Progress::new(label, n);
+    let mut collect = |phase: &mut LoginPhase, r: Result<Result<Session>, tokio::task::JoinError>| {
+        match r {
+            Ok(Ok(s)) => {
+                let t = s.timings;
+                phase.total.record(t.total.as_nanos() as u64);
+                phase.connect.record(t.connect.as_nanos() as u64);
+                phase.tls.record(t.tls.as_nanos() as u64);
+                phase.auth.record(t.auth.as_nanos() as u64);
+                phase.bind.record(t.bind.as_nanos() as u64);
+                phase.sessions.push(s);
+            }
+            Ok(Err(e)) => {
+                phase.failed += 1;
+                *phase.errors.entry(error_key(&e)).or_default() += 1;
+            }
+            Err(e) => {
+                phase.failed += 1;
+                *phase.errors.entry(format!("task failed: {e}")).or_default() += 1;
+            }
+        }
+    };
+    for i in indices {
+        let permit = sem.clone().acquire_owned().await?;
+        let cfg = opts.client.clone();
+        let timeout = opts.login_timeout;
+        set.spawn(async move {
+            let r = client::login(&cfg, i, timeout).await;
+            drop(permit);
+            r
+        });
+        // Collect what has finished so far (keeps the JoinSet small).
+        while let Some(r) = set.try_join_next() {
+            collect(&mut phase, r);
+        }
+        progress.tick(phase.sessions.len(), phase.failed);
+    }
+    while let Some(r) = set.join_next().await {
+        collect(&mut phase, r);
+        progress.tick(phase.sessions.len(), phase.failed);
+    }
+    phase.wall = started.elapsed();
+    progress.done(phase.sessions.len(), phase.failed, phase.wall);
+    phase.sessions.sort_by_key(|s| s.index);
+    Ok(phase)
+}
+
+/// Progress lines on stderr, at most one per second.
+pub struct Progress {
+    label: String,
+    total: usize,
+    start: Instant,
+    last: std::cell::Cell<Instant>,
+    tty: bool,
+}
+
+impl Progress {
+    pub fn new(label: &str, total: usize) -> Progress {
+        let now = Instant::now();
+        Progress {
+            label: label.to_string(),
+            total,
+            start: now,
+            last: std::cell::Cell::new(now),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn tick(&self, ok: usize, failed: usize) {
+        if self.last.get().elapsed() >= Duration::from_secs(1) {
+            self.last.set(Instant::now());
+            let end = if self.tty { "\r" } else { "\n" };
+            eprint!(
+                "[{}] {}/{} ok, {} failed, {:.1}s{end}",
+                self.label,
+                ok,
+                self.total,
+                failed,
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    pub fn done(&self, ok: usize, failed: usize, wall: Duration) {
+        eprintln!(
+            "[{}] {}/{} ok, {} failed, {:.2}s          ",
+            self.label,
+            ok,
+            self.total,
+            failed,
+            wall.as_secs_f64()
+        );
+    }
+}
