@@ -240,6 +240,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
+    pub fn into_parts(self) -> (R, StreamParser) {
+        (self.io, self.parser)
+    }
+
     /// Read once into the parser. `Ok(false)`: end of stream. Cancel-safe.
     pub async fn read_more(&mut self) -> io::Result<bool> {
         self.rbuf.reserve(READ_CHUNK);

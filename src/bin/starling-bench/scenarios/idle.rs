@@ -92,20 +92,13 @@ pub async fn run(opts: &RunOpts, io: &IdleOpts) -> Result<Report> {
     tokio::time::sleep(io.settle).await;
     let before = probe.snap();
 
-    let phase = login_many(opts, 0..io.sessions, "login").await?;
+    let mut phase = login_many(opts, 0..io.sessions, "login").await?;
     let logged_in = probe.snap();
     let ok = phase.sessions.len();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut holders = JoinSet::new();
-    for s in phase.sessions.iter().map(|_| ()).zip(0..).map(|(_, i)| i).collect::<Vec<usize>>() {
-        let _ = s;
-    }
-    let sessions: Vec<Session> = Vec::new();
-    let _ = sessions;
-    let mut phase = phase;
-    let taken = std::mem::take(&mut phase.sessions);
-    for s in taken {
+    for s in std::mem::take(&mut phase.sessions) {
         holders.spawn(hold(s, stop_rx.clone(), opts.close_timeout));
     }
     tokio::time::sleep(io.hold).await;
@@ -129,7 +122,6 @@ pub async fn run(opts: &RunOpts, io: &IdleOpts) -> Result<Report> {
 
     // ---- report
     r.section("Logins");
-    phase.sessions = Vec::new();
     phase.report(&mut r, tls);
     cpu_metrics(&mut r, &probe, &before, &logged_in, "login", Some((ok as u64, "login")));
 
