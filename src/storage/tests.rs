@@ -92,9 +92,17 @@ async fn targets(test: &str) -> Vec<Target> {
             if std::env::var(PG_REQUIRE_ENV).as_deref() == Ok("1") {
                 panic!("{test}: {PG_REQUIRE_ENV}=1 but {PG_ENV} is not set");
             }
-            eprintln!(
-                "!!!!!!!! {test}: skipping PostgreSQL ({PG_ENV} not set; run scripts/pg-setup) !!!!!!!!"
+            let msg = format!(
+                "!!!!!!!! skipping PostgreSQL storage tests: {PG_ENV} not set \
+                 (run scripts/pg-setup and export its URL) !!!!!!!!"
             );
+            // Once per process straight to stderr (bypasses libtest's output capture).
+            static LOUD: std::sync::Once = std::sync::Once::new();
+            LOUD.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "{msg}");
+            });
+            eprintln!("{test}: {msg}");
         }
     }
     out
@@ -797,4 +805,41 @@ async fn corrupt_rows_do_not_panic(s: &Storage, _t: &Target) {
             Err(StorageError::Corrupt(_))
         ));
     }
+}
+
+/// Compile-time check: every public future can be moved into `tokio::spawn` (the server
+/// spawns per-connection tasks that call into storage). Never run.
+#[allow(dead_code, unused_must_use)]
+fn public_futures_are_send(s: Storage, url: String) {
+    tokio::spawn(async move {
+        let u = ("d", "u");
+        let c = cred(HashAlg::Sha1, 0);
+        Storage::connect(&url).await;
+        s.close().await;
+        let a = s.accounts();
+        a.create(u, std::slice::from_ref(&c)).await;
+        a.create_many(&[]).await;
+        a.exists(u).await;
+        a.credential(u, HashAlg::Sha1).await;
+        a.set_credentials(u, &[]).await;
+        a.delete(u).await;
+        a.list(None).await;
+        a.set_last_activity(u, 0, None).await;
+        a.last_activity(u).await;
+        let r = s.roster();
+        let it = item("c", Subscription::None, &[]);
+        r.get_all(u).await;
+        r.get(u, "c").await;
+        r.put(u, &it).await;
+        r.remove(u, "c").await;
+        r.version(u).await;
+        r.pending_in_add(u, "c", "s").await;
+        r.pending_in_remove(u, "c").await;
+        r.pending_in_has(u, "c").await;
+        r.pending_in_list(u).await;
+        let o = s.offline();
+        o.store(u, "s", 0, 1).await;
+        o.take_all(u).await;
+        o.count(u).await;
+    });
 }
