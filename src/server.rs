@@ -139,5 +139,6 @@ impl RunningServer {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all_closed).await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        self.state.storage.close().await;
     }
 }

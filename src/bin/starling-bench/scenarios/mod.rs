@@ -204,7 +204,7 @@ pub async fn login_many(opts: &RunOpts, indices: std::ops::Range<usize>, label: 
         bind: Histogram::new(),
     };
     let progress = Progress::new(label, n);
-    let mut collect = |phase: &mut LoginPhase, r: Result<Result<Session>, tokio::task::JoinError>| {
+    let collect = |phase: &mut LoginPhase, r: Result<Result<Session>, tokio::task::JoinError>| {
         match r {
             Ok(Ok(s)) => {
                 let t = s.timings;
