@@ -326,6 +326,58 @@ mod tests {
         assert!(r.bind("a@x", "r3", h, 2).is_err());
     }
 
+    fn presence(prio: i8) -> Stanza {
+        let ctx = Arc::new(crate::xml::NsContext {
+            default_ns: Some(crate::xml::NS_CLIENT.into()),
+            prefixes: Vec::new(),
+        });
+        let raw = format!("<presence><priority>{prio}</priority></presence>");
+        Stanza::parse(Bytes::from(raw), ctx).unwrap()
+    }
+
+    /// RFC 6121 §8.5.2.1.1: highest non-negative priority wins; ties all get it; negative
+    /// priorities and unavailable resources never get bare-JID messages.
+    #[test]
+    fn bare_messages_go_to_the_highest_non_negative_priority() {
+        let r = Router::new();
+        let mut rxs = Vec::new();
+        for (name, prio) in [
+            ("a", Some(5)),
+            ("b", Some(5)),
+            ("c", Some(1)),
+            ("d", Some(-1)),
+            ("e", None),
+        ] {
+            let (h, rx, _k) = handle(&r, 8);
+            let id = h.id;
+            r.bind("u@x", name, h, 8).unwrap();
+            r.set_presence("u@x", name, id, prio.map(|p| (p, presence(p))));
+            rxs.push((name, rx));
+        }
+        assert_eq!(
+            r.send_message_bare("u@x", &Bytes::from_static(b"<message/>")),
+            2
+        );
+        for (name, rx) in &mut rxs {
+            let got = rx.try_recv().is_ok();
+            assert_eq!(got, matches!(*name, "a" | "b"), "resource {name}");
+        }
+        // Only negative or unavailable resources: nobody gets it (offline storage instead).
+        let r2 = Router::new();
+        let (h, _rx, _k) = handle(&r2, 8);
+        let id = h.id;
+        r2.bind("v@x", "d", h, 8).unwrap();
+        r2.set_presence("v@x", "d", id, Some((-1, presence(-1))));
+        assert_eq!(
+            r2.send_message_bare("v@x", &Bytes::from_static(b"<message/>")),
+            0
+        );
+        assert_eq!(
+            r2.send_message_bare("nobody@x", &Bytes::from_static(b"<message/>")),
+            0
+        );
+    }
+
     #[test]
     fn full_queue_kicks_instead_of_blocking() {
         let r = Router::new();

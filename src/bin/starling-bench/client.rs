@@ -99,7 +99,11 @@ impl ClientConfig {
         Ok(ClientConfig {
             addr,
             domain,
-            tls: if tls { Some(insecure_tls_config()?) } else { None },
+            tls: if tls {
+                Some(insecure_tls_config()?)
+            } else {
+                None
+            },
             mech,
             prefix,
             password,
@@ -140,7 +144,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -149,7 +158,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -185,7 +199,11 @@ fn gone() -> io::Error {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -195,7 +213,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -265,7 +287,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// Next parsed event without reading (None: more bytes needed).
     pub fn poll_event(&mut self) -> Result<Option<Event>> {
-        self.parser.next_event().map_err(|e| anyhow!("XML from server: {e}"))
+        self.parser
+            .next_event()
+            .map_err(|e| anyhow!("XML from server: {e}"))
     }
 
     /// Next event, reading as needed. End of stream is an error.
@@ -308,7 +332,11 @@ impl Conn {
 pub fn stream_error_condition(st: &Stanza) -> String {
     st.element()
         .ok()
-        .and_then(|el| el.children().find(|c| c.ns() == NS_STREAMS).map(|c| c.name().to_string()))
+        .and_then(|el| {
+            el.children()
+                .find(|c| c.ns() == NS_STREAMS)
+                .map(|c| c.name().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -317,9 +345,11 @@ pub fn stanza_error_condition(st: &Stanza) -> String {
     st.element()
         .ok()
         .and_then(|el| {
-            el.children()
-                .find(|c| c.name() == "error")
-                .and_then(|e| e.children().find(|c| c.ns() == NS_STANZAS).map(|c| c.name().to_string()))
+            el.children().find(|c| c.name() == "error").and_then(|e| {
+                e.children()
+                    .find(|c| c.ns() == NS_STANZAS)
+                    .map(|c| c.name().to_string())
+            })
         })
         .unwrap_or_else(|| "unknown".into())
 }
@@ -393,8 +423,13 @@ async fn connect(cfg: &ClientConfig) -> Result<TcpStream> {
     } else {
         let i = cfg.next_source.fetch_add(1, Ordering::Relaxed) % cfg.source_ips.len();
         let ip = cfg.source_ips[i];
-        let sock = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        sock.bind(SocketAddr::new(ip, 0)).with_context(|| format!("bind {ip}"))?;
+        let sock = if ip.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        sock.bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("bind {ip}"))?;
         sock.connect(cfg.addr).await?
     };
     tcp.set_nodelay(true)?;
@@ -402,7 +437,8 @@ async fn connect(cfg: &ClientConfig) -> Result<TcpStream> {
 }
 
 async fn starttls(conn: &mut Conn, tls: &Arc<rustls::ClientConfig>, domain: &str) -> Result<()> {
-    conn.send(format!("<starttls xmlns='{NS_TLS}'/>").as_bytes()).await?;
+    conn.send(format!("<starttls xmlns='{NS_TLS}'/>").as_bytes())
+        .await?;
     let st = conn.next_stanza().await?;
     match (st.ns.as_str(), st.name.as_str()) {
         (NS_TLS, "proceed") => {}
@@ -415,7 +451,10 @@ async fn starttls(conn: &mut Conn, tls: &Arc<rustls::ClientConfig>, domain: &str
     let name = rustls::pki_types::ServerName::try_from(domain.to_string())
         .map_err(|e| anyhow!("server name {domain:?}: {e}"))?;
     let connector = tokio_rustls::TlsConnector::from(tls.clone());
-    let stream = connector.connect(name, tcp).await.context("TLS handshake")?;
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .context("TLS handshake")?;
     conn.io = Stream::Tls(Box::new(stream));
     conn.parser.reset();
     Ok(())
@@ -424,14 +463,28 @@ async fn starttls(conn: &mut Conn, tls: &Arc<rustls::ClientConfig>, domain: &str
 fn sasl_failure(st: &Stanza) -> String {
     st.element()
         .ok()
-        .and_then(|el| el.children().find(|c| c.name() != "text").map(|c| c.name().to_string()))
+        .and_then(|el| {
+            el.children()
+                .find(|c| c.name() != "text")
+                .map(|c| c.name().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
-async fn sasl(conn: &mut Conn, cfg: &ClientConfig, features: &minidom::Element, user: &str) -> Result<()> {
+async fn sasl(
+    conn: &mut Conn,
+    cfg: &ClientConfig,
+    features: &minidom::Element,
+    user: &str,
+) -> Result<()> {
     let offered: Vec<String> = features
         .get_child("mechanisms", NS_SASL)
-        .map(|m| m.children().filter(|c| c.name() == "mechanism").map(|c| c.text()).collect())
+        .map(|m| {
+            m.children()
+                .filter(|c| c.name() == "mechanism")
+                .map(|c| c.text())
+                .collect()
+        })
         .unwrap_or_default();
     let mech = cfg.mech.name();
     if !offered.iter().any(|m| m.trim() == mech) {
@@ -444,7 +497,10 @@ async fn sasl(conn: &mut Conn, cfg: &ClientConfig, features: &minidom::Element, 
             msg.extend_from_slice(user.as_bytes());
             msg.push(0);
             msg.extend_from_slice(cfg.password.as_bytes());
-            let auth = format!("<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{}</auth>", b64(&msg));
+            let auth = format!(
+                "<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{}</auth>",
+                b64(&msg)
+            );
             conn.send(auth.as_bytes()).await?;
             let st = conn.next_stanza().await?;
             match st.name.as_str() {
@@ -454,9 +510,13 @@ async fn sasl(conn: &mut Conn, cfg: &ClientConfig, features: &minidom::Element, 
             }
         }
         Mech::ScramSha256 => {
-            let mut client = ScramClient::new(HashAlg::Sha256, user, &cfg.password, ClientBinding::None);
+            let mut client =
+                ScramClient::new(HashAlg::Sha256, user, &cfg.password, ClientBinding::None);
             let first = client.client_first().map_err(|e| anyhow!("SCRAM: {e}"))?;
-            let auth = format!("<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{}</auth>", b64(&first));
+            let auth = format!(
+                "<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{}</auth>",
+                b64(&first)
+            );
             conn.send(auth.as_bytes()).await?;
             let st = conn.next_stanza().await?;
             let server_first = match st.name.as_str() {
@@ -492,7 +552,8 @@ async fn sasl(conn: &mut Conn, cfg: &ClientConfig, features: &minidom::Element, 
                         client
                             .verify_server_final(&data)
                             .map_err(|_| anyhow!("SCRAM: server signature mismatch"))?;
-                        conn.send(format!("<response xmlns='{NS_SASL}'/>").as_bytes()).await?;
+                        conn.send(format!("<response xmlns='{NS_SASL}'/>").as_bytes())
+                            .await?;
                     }
                     "failure" => bail!("SASL failure: {}", sasl_failure(&st)),
                     other => bail!("unexpected <{other}/> during SCRAM"),
@@ -525,8 +586,11 @@ async fn bind(conn: &mut Conn, cfg: &ClientConfig, features: &minidom::Element) 
     } else {
         format!("<resource>{}</resource>", escape(&cfg.resource))
     };
-    conn.send(format!("<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>{resource}</bind></iq>").as_bytes())
-        .await?;
+    conn.send(
+        format!("<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>{resource}</bind></iq>")
+            .as_bytes(),
+    )
+    .await?;
     let st = iq_reply(conn, "bind1").await?;
     let el = st.element()?;
     let jid = el
@@ -538,8 +602,11 @@ async fn bind(conn: &mut Conn, cfg: &ClientConfig, features: &minidom::Element) 
     // RFC 3921 session establishment, only when the server still requires it.
     if let Some(s) = features.get_child("session", NS_SESSION) {
         if s.get_child("optional", NS_SESSION).is_none() {
-            conn.send(format!("<iq type='set' id='sess1'><session xmlns='{NS_SESSION}'/></iq>").as_bytes())
-                .await?;
+            conn.send(
+                format!("<iq type='set' id='sess1'><session xmlns='{NS_SESSION}'/></iq>")
+                    .as_bytes(),
+            )
+            .await?;
             iq_reply(conn, "sess1").await?;
         }
     }
@@ -551,23 +618,33 @@ async fn login_inner(cfg: &ClientConfig, index: usize, t: &mut LoginTimings) -> 
     let tcp = connect(cfg).await.context("connect")?;
     t.connect = t0.elapsed();
     let mut conn: Conn = Reader::new(Stream::Plain(tcp), new_parser());
-    let mut features = open_stream(&mut conn, &cfg.domain).await.context("stream")?;
+    let mut features = open_stream(&mut conn, &cfg.domain)
+        .await
+        .context("stream")?;
     if let Some(tls) = &cfg.tls {
         let t1 = Instant::now();
         if features.get_child("starttls", NS_TLS).is_none() {
             bail!("stream: server does not offer STARTTLS");
         }
-        starttls(&mut conn, tls, &cfg.domain).await.context("starttls")?;
+        starttls(&mut conn, tls, &cfg.domain)
+            .await
+            .context("starttls")?;
         t.tls = t1.elapsed();
-        features = open_stream(&mut conn, &cfg.domain).await.context("stream after TLS")?;
+        features = open_stream(&mut conn, &cfg.domain)
+            .await
+            .context("stream after TLS")?;
     }
     let t2 = Instant::now();
     let user = cfg.username(index);
-    sasl(&mut conn, cfg, &features, &user).await.context("auth")?;
+    sasl(&mut conn, cfg, &features, &user)
+        .await
+        .context("auth")?;
     t.auth = t2.elapsed();
     let t3 = Instant::now();
     conn.parser.reset();
-    let features = open_stream(&mut conn, &cfg.domain).await.context("stream after auth")?;
+    let features = open_stream(&mut conn, &cfg.domain)
+        .await
+        .context("stream after auth")?;
     let jid = bind(&mut conn, cfg, &features).await.context("bind")?;
     if cfg.presence {
         conn.send(b"<presence/>").await.context("presence")?;
@@ -643,7 +720,9 @@ pub async fn await_close<R: AsyncRead + Unpin>(
             }
         }
     };
-    tokio::time::timeout(timeout, wait).await.unwrap_or(CloseOutcome::Timeout)
+    tokio::time::timeout(timeout, wait)
+        .await
+        .unwrap_or(CloseOutcome::Timeout)
 }
 
 /// Close a whole connection cleanly: `</stream:stream>`, wait for the server's, shut down.

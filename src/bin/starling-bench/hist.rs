@@ -123,7 +123,19 @@ mod tests {
 
     #[test]
     fn buckets_cover_values() {
-        for v in [0u64, 1, 127, 128, 129, 255, 256, 1000, 123_456_789, u64::MAX / 3, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            129,
+            255,
+            256,
+            1000,
+            123_456_789,
+            u64::MAX / 3,
+            u64::MAX,
+        ] {
             let (lo, hi) = bounds(index(v));
             assert!(lo <= v && v <= hi, "{v} not in [{lo},{hi}]");
             assert!((hi - lo) as f64 <= (v as f64) / 127.0 + 1.0);

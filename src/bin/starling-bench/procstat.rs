@@ -44,8 +44,9 @@ pub fn sample(t: Target) -> std::io::Result<Sample> {
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let (utime, stime, threads) = parse_stat(&stat)
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "unparsable /proc stat"))?;
+    let (utime, stime, threads) = parse_stat(&stat).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "unparsable /proc stat")
+    })?;
     Ok(Sample {
         at: Instant::now(),
         rss: kb("VmRSS:") * 1024,
@@ -102,7 +103,10 @@ impl CpuUse {
 }
 
 /// Raise the RLIMIT_NOFILE soft limit to the hard limit. Returns (old soft, new soft).
-#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 pub fn raise_nofile() -> Result<(u64, u64), String> {
     // No libc crate: declare the two glibc/musl functions directly. On these targets
     // rlim_t is 64-bit and RLIMIT_NOFILE is 7.
@@ -125,7 +129,10 @@ pub fn raise_nofile() -> Result<(u64, u64), String> {
     if r.cur >= r.max {
         return Ok((old, old));
     }
-    let new = RLimit { cur: r.max, max: r.max };
+    let new = RLimit {
+        cur: r.max,
+        max: r.max,
+    };
     // SAFETY: `new` is a valid `struct rlimit`; setrlimit only reads it.
     if unsafe { setrlimit(RLIMIT_NOFILE, &new) } != 0 {
         return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
@@ -133,7 +140,10 @@ pub fn raise_nofile() -> Result<(u64, u64), String> {
     Ok((old, new.cur))
 }
 
-#[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
 pub fn raise_nofile() -> Result<(u64, u64), String> {
     Err("raising RLIMIT_NOFILE is not supported on this platform; use ulimit -n".into())
 }

@@ -130,7 +130,9 @@ impl Json {
             Json::Str(s) => escape_json(s, out),
             Json::Arr(items) => {
                 // Arrays of scalars stay on one line.
-                let scalar = items.iter().all(|v| !matches!(v, Json::Arr(_) | Json::Obj(_)));
+                let scalar = items
+                    .iter()
+                    .all(|v| !matches!(v, Json::Arr(_) | Json::Obj(_)));
                 out.push('[');
                 for (i, v) in items.iter().enumerate() {
                     if i > 0 {

@@ -123,21 +123,72 @@ pub async fn run(opts: &RunOpts, io: &IdleOpts) -> Result<Report> {
     // ---- report
     r.section("Logins");
     phase.report(&mut r, tls);
-    cpu_metrics(&mut r, &probe, &before, &logged_in, "login", Some((ok as u64, "login")));
+    cpu_metrics(
+        &mut r,
+        &probe,
+        &before,
+        &logged_in,
+        "login",
+        Some((ok as u64, "login")),
+    );
 
     r.section("Server memory");
     match (before.server, held.server) {
         (Some(b), Some(h)) => {
-            r.metric("server_rss_before_bytes", "Server RSS before", b.rss, "bytes");
-            r.metric("server_rss_before_mib", "Server RSS before", mib(b.rss), "MiB");
-            r.metric("server_rss_held_mib", "Server RSS with all sessions open", mib(h.rss), "MiB");
-            r.metric("server_rss_held_bytes", "Server RSS with all sessions open", h.rss, "bytes");
-            let per = if ok > 0 { Some((h.rss as f64 - b.rss as f64) / ok as f64) } else { None };
-            r.metric("rss_per_session_bytes", "RSS per idle session", per, "bytes");
-            r.metric("rss_per_session_kib", "RSS per idle session", per.map(|p| p / 1024.0), "KiB");
-            r.metric("server_rss_peak_mib", "Server peak RSS (VmHWM)", mib(h.hwm.max(b.hwm)), "MiB");
+            r.metric(
+                "server_rss_before_bytes",
+                "Server RSS before",
+                b.rss,
+                "bytes",
+            );
+            r.metric(
+                "server_rss_before_mib",
+                "Server RSS before",
+                mib(b.rss),
+                "MiB",
+            );
+            r.metric(
+                "server_rss_held_mib",
+                "Server RSS with all sessions open",
+                mib(h.rss),
+                "MiB",
+            );
+            r.metric(
+                "server_rss_held_bytes",
+                "Server RSS with all sessions open",
+                h.rss,
+                "bytes",
+            );
+            let per = if ok > 0 {
+                Some((h.rss as f64 - b.rss as f64) / ok as f64)
+            } else {
+                None
+            };
+            r.metric(
+                "rss_per_session_bytes",
+                "RSS per idle session",
+                per,
+                "bytes",
+            );
+            r.metric(
+                "rss_per_session_kib",
+                "RSS per idle session",
+                per.map(|p| p / 1024.0),
+                "KiB",
+            );
+            r.metric(
+                "server_rss_peak_mib",
+                "Server peak RSS (VmHWM)",
+                mib(h.hwm.max(b.hwm)),
+                "MiB",
+            );
             if let Some(a) = after_close.server {
-                r.metric("server_rss_after_close_mib", "Server RSS after closing all", mib(a.rss), "MiB");
+                r.metric(
+                    "server_rss_after_close_mib",
+                    "Server RSS after closing all",
+                    mib(a.rss),
+                    "MiB",
+                );
                 r.metric("server_threads", "Server threads", h.threads, "");
             }
         }
@@ -148,21 +199,54 @@ pub async fn run(opts: &RunOpts, io: &IdleOpts) -> Result<Report> {
     r.section("Hold and close");
     cpu_metrics(&mut r, &probe, &logged_in, &held, "hold", None);
     let dropped_n: usize = dropped.values().sum();
-    r.metric("sessions_dropped_during_hold", "Sessions ended by the server during the hold", dropped_n, "");
+    r.metric(
+        "sessions_dropped_during_hold",
+        "Sessions ended by the server during the hold",
+        dropped_n,
+        "",
+    );
     for (why, n) in &dropped {
         r.problem(format!("{n} session(s) ended during the hold: {why}"));
     }
-    r.metric("close_clean", "Closed cleanly (server answered </stream:stream>)", closes.get("clean").copied().unwrap_or(0), "");
-    let unclean: usize = closes.iter().filter(|(k, _)| **k != "clean").map(|(_, v)| v).sum();
-    r.metric("close_unclean", "Closed otherwise (EOF, error, timeout)", unclean, "");
-    r.metric("close_wall_s", "Time to close all", close_wall.as_secs_f64(), "s");
+    r.metric(
+        "close_clean",
+        "Closed cleanly (server answered </stream:stream>)",
+        closes.get("clean").copied().unwrap_or(0),
+        "",
+    );
+    let unclean: usize = closes
+        .iter()
+        .filter(|(k, _)| **k != "clean")
+        .map(|(_, v)| v)
+        .sum();
+    r.metric(
+        "close_unclean",
+        "Closed otherwise (EOF, error, timeout)",
+        unclean,
+        "",
+    );
+    r.metric(
+        "close_wall_s",
+        "Time to close all",
+        close_wall.as_secs_f64(),
+        "s",
+    );
     if unclean > 0 {
-        let detail: Vec<String> = closes.iter().filter(|(k, _)| **k != "clean").map(|(k, v)| format!("{v} {k}")).collect();
+        let detail: Vec<String> = closes
+            .iter()
+            .filter(|(k, _)| **k != "clean")
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
         r.problem(format!("unclean closes: {}", detail.join(", ")));
     }
     r.extra(
         "close_outcomes",
-        Json::Obj(closes.iter().map(|(k, v)| (k.to_string(), Json::from(*v))).collect()),
+        Json::Obj(
+            closes
+                .iter()
+                .map(|(k, v)| (k.to_string(), Json::from(*v)))
+                .collect(),
+        ),
     );
     if !alive_before_close {
         r.problem("the server process was gone at the end of the hold");

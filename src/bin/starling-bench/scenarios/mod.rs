@@ -55,7 +55,9 @@ impl Probe {
     }
 
     pub fn server_alive(&self) -> bool {
-        self.pid.map(|p| procstat::sample(Target::Pid(p)).is_ok()).unwrap_or(true)
+        self.pid
+            .map(|p| procstat::sample(Target::Pid(p)).is_ok())
+            .unwrap_or(true)
     }
 
     /// (server, generator) CPU use between two snapshots.
@@ -74,10 +76,22 @@ impl Probe {
 
 /// Add "server CPU / generator CPU" rows for one phase (`what` names it in keys and labels).
 /// `per`: optional (count, noun) to also report server CPU time per unit of work.
-pub fn cpu_metrics(r: &mut Report, probe: &Probe, a: &Snapshot, b: &Snapshot, what: &str, per: Option<(u64, &str)>) {
+pub fn cpu_metrics(
+    r: &mut Report,
+    probe: &Probe,
+    a: &Snapshot,
+    b: &Snapshot,
+    what: &str,
+    per: Option<(u64, &str)>,
+) {
     let (s, g) = probe.cpu(a, b);
     if let Some(s) = s {
-        r.metric(&format!("server_cpu_{what}_s"), &format!("Server CPU time ({what})"), s.cpu_s, "s");
+        r.metric(
+            &format!("server_cpu_{what}_s"),
+            &format!("Server CPU time ({what})"),
+            s.cpu_s,
+            "s",
+        );
         r.metric(
             &format!("server_cpu_{what}_pct"),
             &format!("Server CPU ({what}, 100% = one core)"),
@@ -96,14 +110,21 @@ pub fn cpu_metrics(r: &mut Report, probe: &Probe, a: &Snapshot, b: &Snapshot, wh
         }
     }
     if let Some(g) = g {
-        r.metric(&format!("generator_cpu_{what}_s"), &format!("Generator CPU time ({what})"), g.cpu_s, "s");
+        r.metric(
+            &format!("generator_cpu_{what}_s"),
+            &format!("Generator CPU time ({what})"),
+            g.cpu_s,
+            "s",
+        );
         r.metric(
             &format!("generator_cpu_{what}_pct"),
             &format!("Generator CPU ({what}, 100% = one core)"),
             g.percent(),
             "%",
         );
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
         let total = g.percent() + s.map(|s| s.percent()).unwrap_or(0.0);
         if g.percent() >= 80.0 * cores || total >= 90.0 * cores {
             r.note(format!(
@@ -152,17 +173,57 @@ impl LoginPhase {
     pub fn report(&self, r: &mut Report, tls: bool) {
         r.metric("sessions_ok", "Sessions logged in", self.ok, "");
         r.metric("sessions_failed", "Logins failed", self.failed, "");
-        r.metric("login_wall_s", "Time to open all sessions", self.wall.as_secs_f64(), "s");
+        r.metric(
+            "login_wall_s",
+            "Time to open all sessions",
+            self.wall.as_secs_f64(),
+            "s",
+        );
         r.metric("login_rate_per_s", "Login rate", self.rate(), "sessions/s");
-        r.metric("login_p50_ms", "Login latency p50 (connect→bound)", ms(self.total.quantile(0.5)), "ms");
-        r.metric("login_p99_ms", "Login latency p99", ms(self.total.quantile(0.99)), "ms");
-        r.metric("login_max_ms", "Login latency max", ms(self.total.max()), "ms");
-        r.metric("login_connect_p50_ms", "… TCP connect p50", ms(self.connect.quantile(0.5)), "ms");
+        r.metric(
+            "login_p50_ms",
+            "Login latency p50 (connect→bound)",
+            ms(self.total.quantile(0.5)),
+            "ms",
+        );
+        r.metric(
+            "login_p99_ms",
+            "Login latency p99",
+            ms(self.total.quantile(0.99)),
+            "ms",
+        );
+        r.metric(
+            "login_max_ms",
+            "Login latency max",
+            ms(self.total.max()),
+            "ms",
+        );
+        r.metric(
+            "login_connect_p50_ms",
+            "… TCP connect p50",
+            ms(self.connect.quantile(0.5)),
+            "ms",
+        );
         if tls {
-            r.metric("login_tls_p50_ms", "… STARTTLS + handshake p50", ms(self.tls.quantile(0.5)), "ms");
+            r.metric(
+                "login_tls_p50_ms",
+                "… STARTTLS + handshake p50",
+                ms(self.tls.quantile(0.5)),
+                "ms",
+            );
         }
-        r.metric("login_auth_p50_ms", "… stream + SASL p50", ms(self.auth.quantile(0.5)), "ms");
-        r.metric("login_bind_p50_ms", "… restart + bind + presence p50", ms(self.bind.quantile(0.5)), "ms");
+        r.metric(
+            "login_auth_p50_ms",
+            "… stream + SASL p50",
+            ms(self.auth.quantile(0.5)),
+            "ms",
+        );
+        r.metric(
+            "login_bind_p50_ms",
+            "… restart + bind + presence p50",
+            ms(self.bind.quantile(0.5)),
+            "ms",
+        );
         if !self.errors.is_empty() {
             let mut errs = Json::obj();
             for (e, n) in &self.errors {
@@ -186,7 +247,11 @@ fn error_key(e: &anyhow::Error) -> String {
 
 /// Log in accounts `indices` with at most `opts.concurrency` logins in flight. Sessions are
 /// returned sorted by index; failures are counted and grouped by message.
-pub async fn login_many(opts: &RunOpts, indices: std::ops::Range<usize>, label: &str) -> Result<LoginPhase> {
+pub async fn login_many(
+    opts: &RunOpts,
+    indices: std::ops::Range<usize>,
+    label: &str,
+) -> Result<LoginPhase> {
     let n = indices.len();
     let sem = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut set = JoinSet::new();
@@ -204,8 +269,8 @@ pub async fn login_many(opts: &RunOpts, indices: std::ops::Range<usize>, label: 
         bind: Histogram::new(),
     };
     let progress = Progress::new(label, n);
-    let collect = |phase: &mut LoginPhase, r: Result<Result<Session>, tokio::task::JoinError>| {
-        match r {
+    let collect =
+        |phase: &mut LoginPhase, r: Result<Result<Session>, tokio::task::JoinError>| match r {
             Ok(Ok(s)) => {
                 let t = s.timings;
                 phase.total.record(t.total.as_nanos() as u64);
@@ -223,8 +288,7 @@ pub async fn login_many(opts: &RunOpts, indices: std::ops::Range<usize>, label: 
                 phase.failed += 1;
                 *phase.errors.entry(format!("task failed: {e}")).or_default() += 1;
             }
-        }
-    };
+        };
     for i in indices {
         let permit = sem.clone().acquire_owned().await?;
         let cfg = opts.client.clone();
