@@ -85,8 +85,15 @@ fn directed(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, to: Jid) {
     }
 }
 
+/// The priority of an available presence, checking the RFC 6121 §4.7.2 values on the way
+/// (`<show/>` from the fixed set, `<priority/>` a signed byte) so nothing invalid is broadcast.
 fn priority(st: &Stanza) -> Result<i8, ()> {
     let el = st.element().map_err(|_| ())?;
+    for show in el.children().filter(|c| c.is("show", NS_CLIENT)) {
+        if !matches!(show.text().as_str(), "away" | "chat" | "dnd" | "xa") {
+            return Err(());
+        }
+    }
     match el.get_child("priority", NS_CLIENT) {
         None => Ok(0),
         Some(p) => p.text().trim().parse::<i8>().map_err(|_| ()),

@@ -112,7 +112,8 @@ impl From<crate::storage::StorageError> for StanzaError {
 }
 
 /// An error reply to a stanza (RFC 6120 §8.3.1): same name and id, addresses swapped,
-/// type='error', the original payload echoed for messages and presence only.
+/// type='error', the original payload echoed for messages only (clients match bounced
+/// bodies; a rejected presence payload may be the invalid part itself).
 pub fn error_reply(original: &Element, err: &StanzaError) -> Element {
     let mut b = Element::builder(original.name(), NS_CLIENT).at("type", "error");
     if let Some(id) = original.attr("id") {
@@ -124,7 +125,7 @@ pub fn error_reply(original: &Element, err: &StanzaError) -> Element {
     if let Some(to) = original.attr("to") {
         b = b.at("from", to);
     }
-    if original.name() != "iq" {
+    if original.name() == "message" {
         for child in original.children() {
             if child.name() != "error" {
                 b = b.append(child.clone());

@@ -31,12 +31,17 @@ pub struct Bound {
 
 pub async fn negotiate(conn: &mut Conn) -> Result<Bound, End> {
     let timeout = Duration::from_secs(conn.state.config.c2s.login_timeout_secs);
-    match tokio::time::timeout(timeout, negotiate_inner(conn)).await {
-        Ok(r) => r,
-        Err(_) => Err(End::Error(
-            "connection-timeout",
-            Some("login took too long".into()),
-        )),
+    let mut shutdown = conn.state.shutdown.clone();
+    if *shutdown.borrow() {
+        return Err(End::Error("system-shutdown", None));
+    }
+    tokio::select! {
+        r = tokio::time::timeout(timeout, negotiate_inner(conn)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(End::Error("connection-timeout", Some("login took too long".into()))),
+        },
+        // Connections still negotiating are told about shutdown too.
+        _ = shutdown.changed() => Err(End::Error("system-shutdown", None)),
     }
 }
 
@@ -207,6 +212,9 @@ fn features(conn: &Conn, authenticated: bool) -> Vec<Element> {
 }
 
 fn offered_mechanisms(conn: &Conn) -> Vec<Mechanism> {
+    if !conn.secure() && conn.state.config.c2s.require_tls {
+        return Vec::new(); // RFC 6120 §5.3.1: TLS first when it is mandatory
+    }
     let cb = conn.bindings.any();
     Mechanism::ALL
         .into_iter()

@@ -93,8 +93,21 @@ impl Session {
             if let Err(e) = self.drain_parser().await {
                 return e;
             }
-            if let Err(e) = self.conn.flush().await {
-                return e;
+            // A client that stops reading must not pin this task: the write is bounded by the
+            // idle timeout and abandoned when the session is kicked (e.g. its queue overflowed).
+            let write = tokio::time::timeout(idle, self.conn.flush());
+            tokio::select! {
+                biased;
+                _ = self.kick.changed() => {
+                    if let Some(k) = *self.kick.borrow() {
+                        return End::Error(k.condition(), None);
+                    }
+                }
+                r = write => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return e,
+                    Err(_) => return End::Error("connection-timeout", Some("not reading".into())),
+                },
             }
             self.conn.shrink();
             let deadline = (self.conn.last_read + idle).min(self.conn.last_write + keepalive);

@@ -193,6 +193,8 @@ struct TagScan {
     after_value: bool,
     attrs: usize,
     vstart: usize,
+    /// Buffer offset of the tag's qualified name (just after `<` or `</`).
+    name_start: usize,
 }
 
 /// Framer state; positions are relative to the buffer, whose byte 0 is the `<` of the
@@ -224,6 +226,9 @@ pub struct StreamParser {
     scan: Scan,
     /// Open elements inside the current top-level element.
     depth: usize,
+    /// (offset, length) in `buf` of each open element's name, so a mismatched end tag is
+    /// refused at once instead of swallowing the rest of the stream (bounded by max_depth).
+    open: Vec<(usize, usize)>,
     phase: Phase,
     /// Nothing but possibly a BOM seen since the start/reset (XML declaration allowed).
     at_start: bool,
@@ -255,6 +260,7 @@ impl StreamParser {
             pos: 0,
             scan: Scan::Idle,
             depth: 0,
+            open: Vec::new(),
             phase: Phase::Prolog,
             at_start: true,
             ctx: Arc::new(NsContext::default()),
@@ -295,6 +301,7 @@ impl StreamParser {
         self.pos = 0;
         self.scan = Scan::Idle;
         self.depth = 0;
+        self.open.clear();
         self.phase = Phase::Prolog;
         self.at_start = true;
         self.ctx = Arc::new(NsContext::default());
@@ -466,6 +473,7 @@ impl StreamParser {
                     after_value: false,
                     attrs: 0,
                     vstart: 0,
+                    name_start: self.pos,
                 });
             }
             _ => {
@@ -479,6 +487,7 @@ impl StreamParser {
                     after_value: false,
                     attrs: 0,
                     vstart: 0,
+                    name_start: self.pos,
                 });
             }
         }
@@ -641,6 +650,14 @@ impl StreamParser {
                 self.buf = bytes::BytesMut::new();
                 return Ok(Step::Item(Event::Close));
             }
+            let matches = match self.open.last() {
+                Some(&(start, len)) => self.buf.get(start..start + len) == Some(self.tag_name(&t)),
+                None => false,
+            };
+            if !matches {
+                return Err(validate::nwf("end tag does not match the open element"));
+            }
+            self.open.pop();
             self.depth -= 1;
             if self.depth == 0 {
                 return self.complete().map(Step::Item);
@@ -677,15 +694,28 @@ impl StreamParser {
                 return self.complete().map(Step::Item);
             }
         } else {
+            let len = self.tag_name(&t).len();
+            self.open.push((t.name_start, len));
             self.depth += 1;
         }
         self.scan = Scan::Text;
         Ok(Step::Continue)
     }
 
+    /// The qualified name of the tag being finished.
+    fn tag_name(&self, t: &TagScan) -> &[u8] {
+        let rest = self.buf.get(t.name_start..).unwrap_or_default();
+        let len = rest
+            .iter()
+            .position(|&b| is_ws(b) || b == b'>' || b == b'/')
+            .unwrap_or(rest.len());
+        &rest[..len]
+    }
+
     /// The top-level element occupies `buf[..pos]`: split it off and validate it.
     fn complete(&mut self) -> Result<Event, XmlError> {
         let raw = self.buf.split_to(self.pos).freeze();
+        self.open.clear();
         self.pos = 0;
         self.scan = Scan::Idle;
         Stanza::parse(raw, self.ctx.clone()).map(Event::Stanza)

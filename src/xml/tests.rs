@@ -675,3 +675,19 @@ fn garbage_never_panics() {
         }
     }
 }
+
+/// A mismatched end tag is refused as soon as it arrives, not when the element completes.
+#[test]
+fn mismatched_end_tag_is_refused_immediately() {
+    let mut p = StreamParser::new(Limits::default());
+    p.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
+    assert!(matches!(p.next_event(), Ok(Some(Event::Open(_)))));
+    p.feed(b"<message><body>x</message>");
+    assert!(matches!(p.next_event(), Err(XmlError::NotWellFormed(_))));
+    // Matching names, including prefixed ones, still frame normally.
+    let mut p = StreamParser::new(Limits::default());
+    p.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
+    assert!(matches!(p.next_event(), Ok(Some(Event::Open(_)))));
+    p.feed(b"<message xmlns:a='urn:a'><a:x><a:y/></a:x><body>1</body></message>");
+    assert!(matches!(p.next_event(), Ok(Some(Event::Stanza(_)))));
+}
