@@ -13,8 +13,9 @@ export STARLING_TEST_REQUIRE_POSTGRES=1
 echo "== cargo test"
 cargo test --all-targets
 
-echo "== schema validator self-test"
+echo "== schemas: validator self-test, then live server output validated against schemas/"
 python3 tests/schema_check/test_validate.py
+python3 tests/schema_check/capture.py --quiet
 
 echo "== conformance (slixmpp) on SQLite and PostgreSQL"
 CONF_PG_ADMIN_URL="$PG_ADMIN_URL" conformance/run
