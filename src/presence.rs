@@ -178,6 +178,13 @@ async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut
         return;
     }
     if initial {
+        // §4.2.2: the new resource learns about the user's other available resources.
+        for r in router.resources(bare) {
+            if let (Some(p), false) = (&r.presence, r.handle.id == id) {
+                let from = format!("{bare}/{}", r.resource);
+                out.extend_from_slice(&p.rewrite(Some(&from), Some(ctx.jid.as_str())));
+            }
+        }
         // §4.2.3 probes, answered locally from the registry: contacts' current presence.
         for (contact, sub) in &roster {
             if !has_to(*sub) {

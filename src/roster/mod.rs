@@ -413,6 +413,12 @@ async fn inbound_one(
     }
     let (item, old) = load_state(server, user, s.from.as_str()).await?;
     let i = state::inbound(old, s.kind);
+    // §3.1.6: the stanza reaches the user's resources before the roster push it causes.
+    if i.deliver {
+        server
+            .router
+            .send_available(s.to.as_str(), &Deliver::Bytes(s.bytes.clone()));
+    }
     save_state(
         server,
         user,
@@ -423,11 +429,6 @@ async fn inbound_one(
         Some(&s.bytes),
     )
     .await?;
-    if i.deliver {
-        server
-            .router
-            .send_available(s.to.as_str(), &Deliver::Bytes(s.bytes.clone()));
-    }
     if i.auto_subscribed {
         queue.push_back(generated(&s.to, &s.from, SubType::Subscribed));
         if old.approved || i.state.sub != old.sub {
