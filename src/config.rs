@@ -105,6 +105,8 @@ pub struct LimitsConfig {
     pub session_queue: usize,
     /// Most concurrent client connections.
     pub max_connections: usize,
+    /// Accept queue length of each listener (the kernel caps it at net.core.somaxconn).
+    pub listen_backlog: u32,
     /// Most failed authentication attempts on one stream before it is closed.
     pub max_auth_failures: u32,
     /// Most resources bound for one account at once.
@@ -192,6 +194,7 @@ impl Default for LimitsConfig {
             max_attribute_len: 8 * 1024,
             session_queue: 1024,
             max_connections: 100_000,
+            listen_backlog: 1024,
             max_auth_failures: 3,
             max_resources: 32,
         }

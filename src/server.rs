@@ -73,8 +73,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         );
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let c2s = bind(&config.listen.c2s).await?;
-    let c2s_tls = bind(&config.listen.c2s_direct_tls).await?;
+    let backlog = config.limits.listen_backlog;
+    let c2s = bind(&config.listen.c2s, backlog).await?;
+    let c2s_tls = bind(&config.listen.c2s_direct_tls, backlog).await?;
     let state = Arc::new(ServerState {
         limits: config.xml_limits(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -100,14 +101,25 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     })
 }
 
-async fn bind(addr: &str) -> Result<Option<TcpListener>, StartError> {
+/// Bind with an explicit accept backlog: the OS default (128) drops connections when a few
+/// hundred clients reconnect at once (after a restart or a network blip).
+async fn bind(addr: &str, backlog: u32) -> Result<Option<TcpListener>, StartError> {
     if addr.is_empty() {
         return Ok(None);
     }
-    TcpListener::bind(addr)
-        .await
-        .map(Some)
-        .map_err(|e| StartError::Bind(addr.to_string(), e))
+    let err = |e| StartError::Bind(addr.to_string(), e);
+    let sa: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| err(std::io::Error::other("not an address:port")))?;
+    let socket = if sa.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(sa).map_err(err)?;
+    socket.listen(backlog).map(Some).map_err(err)
 }
 
 fn spawn_listener(

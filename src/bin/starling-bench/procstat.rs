@@ -40,7 +40,7 @@ pub fn sample(t: Target) -> std::io::Result<Sample> {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().split_whitespace().next())
+            .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0)
     };
@@ -64,6 +64,39 @@ fn parse_stat(stat: &str) -> Option<(u64, u64, u64)> {
     // rest starts at field 3 (state): utime is field 14, stime 15, num_threads 20.
     let get = |field: usize| f.get(field - 3).and_then(|v| v.parse::<u64>().ok());
     Some((get(14)?, get(15)?, get(20)?))
+}
+
+/// Whole-machine CPU counters from /proc/stat, clock ticks summed over all cores:
+/// (busy, of which interrupt + softirq). Loopback TCP is largely processed in softirq,
+/// which the kernel does not always charge to the sending or receiving process.
+pub fn machine_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let irq = v.get(5).copied().unwrap_or(0) + v.get(6).copied().unwrap_or(0);
+    Some((total - idle, irq))
+}
+
+/// A TcpExt counter from /proc/net/netstat (system-wide), e.g. "ListenOverflows".
+pub fn tcp_ext(name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines();
+    while let Some(names) = lines.next() {
+        let values = lines.next()?;
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let i = names.split_whitespace().position(|n| n == name)?;
+        return values.split_whitespace().nth(i)?.parse().ok();
+    }
+    None
 }
 
 /// Clock ticks per second for /proc CPU times (`getconf CLK_TCK`, 100 on Linux).
@@ -156,6 +189,13 @@ mod tests {
     fn stat_with_odd_comm() {
         let s = "1234 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 111 222 0 0 20 0 7 0 99 0 0";
         assert_eq!(parse_stat(s), Some((111, 222, 7)));
+    }
+
+    #[test]
+    fn machine_counters() {
+        let (busy, irq) = machine_cpu().unwrap();
+        assert!(irq <= busy && busy > 0);
+        assert!(tcp_ext("ListenOverflows").is_some());
     }
 
     #[test]

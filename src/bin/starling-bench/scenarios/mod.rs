@@ -35,6 +35,8 @@ pub struct RunOpts {
 pub struct Snapshot {
     pub server: Option<Sample>,
     pub gen: Option<Sample>,
+    /// Whole machine (busy, irq+softirq) ticks, all cores.
+    pub machine: Option<(u64, u64)>,
 }
 
 pub struct Probe {
@@ -51,6 +53,7 @@ impl Probe {
         Snapshot {
             server: self.pid.and_then(|p| procstat::sample(Target::Pid(p)).ok()),
             gen: procstat::sample(Target::SelfProc).ok(),
+            machine: procstat::machine_cpu(),
         }
     }
 
@@ -109,6 +112,16 @@ pub fn cpu_metrics(
             }
         }
     }
+    // Whole-machine busy and interrupt time over the phase, % of one core.
+    let machine = match (a.machine, b.machine, a.gen, b.gen) {
+        (Some((b0, i0)), Some((b1, i1)), Some(g0), Some(g1)) => {
+            let wall = g1.at.duration_since(g0.at).as_secs_f64();
+            let pct = |t: u64| t as f64 / probe.tck as f64 / wall * 100.0;
+            // Tick-granular counters: meaningless over very short phases.
+            (wall >= 0.5).then(|| (pct(b1.saturating_sub(b0)), pct(i1.saturating_sub(i0))))
+        }
+        _ => None,
+    };
     if let Some(g) = g {
         r.metric(
             &format!("generator_cpu_{what}_s"),
@@ -122,18 +135,46 @@ pub fn cpu_metrics(
             g.percent(),
             "%",
         );
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1) as f64;
-        let total = g.percent() + s.map(|s| s.percent()).unwrap_or(0.0);
-        if g.percent() >= 80.0 * cores || total >= 90.0 * cores {
-            r.note(format!(
-                "during {what} the generator used {:.0}% CPU and the server {:.0}% on {cores} core(s): \
-                 the machine was saturated, figures may be generator-bound",
-                g.percent(),
-                s.map(|s| s.percent()).unwrap_or(f64::NAN)
-            ));
-        }
+    }
+    let Some((busy, irq)) = machine else {
+        return;
+    };
+    let server_pct = s.map(|s| s.percent()).unwrap_or(0.0);
+    let gen_pct = g.map(|g| g.percent()).unwrap_or(0.0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    r.metric(
+        &format!("machine_cpu_{what}_pct"),
+        &format!("Machine CPU busy ({what}, all processes)"),
+        busy,
+        "%",
+    );
+    r.metric(
+        &format!("irq_cpu_{what}_pct"),
+        &format!("… of which interrupts/softirq (loopback TCP) ({what})"),
+        irq,
+        "%",
+    );
+    // Softirq time may or may not also be charged to the two processes: bound it.
+    let others = (busy - gen_pct - server_pct - irq).max(0.0);
+    r.metric(
+        &format!("other_cpu_{what}_pct"),
+        &format!("… other processes ({what})"),
+        others,
+        "%",
+    );
+    if others >= 25.0 {
+        r.note(format!(
+            "during {what}, processes other than the server and the generator used about {others:.0}% CPU: \
+             figures are disturbed; rerun on a quiet machine"
+        ));
+    }
+    if busy >= 90.0 * cores {
+        r.note(format!(
+            "during {what} the machine's {cores} core(s) were saturated ({busy:.0}% busy; server {server_pct:.0}%, \
+             generator {gen_pct:.0}%, interrupts {irq:.0}%): figures may be bounded by the shared machine rather than by the server"
+        ));
     }
 }
 
@@ -162,6 +203,8 @@ pub struct LoginPhase {
     pub tls: Histogram,
     pub auth: Histogram,
     pub bind: Histogram,
+    /// System-wide TCP accept-queue overflows during the phase (SYNs dropped: 1 s+ retries).
+    pub listen_overflows: Option<u64>,
 }
 
 impl LoginPhase {
@@ -204,6 +247,12 @@ impl LoginPhase {
             ms(self.connect.quantile(0.5)),
             "ms",
         );
+        r.metric(
+            "login_connect_max_ms",
+            "… TCP connect max",
+            ms(self.connect.max()),
+            "ms",
+        );
         if tls {
             r.metric(
                 "login_tls_p50_ms",
@@ -224,6 +273,18 @@ impl LoginPhase {
             ms(self.bind.quantile(0.5)),
             "ms",
         );
+        r.metric(
+            "listen_overflows",
+            "TCP accept-queue overflows (system-wide)",
+            self.listen_overflows,
+            "",
+        );
+        if let Some(n) = self.listen_overflows.filter(|n| *n > 0) {
+            r.note(format!(
+                "{n} TCP accept-queue overflow(s) during the logins: the server's listen backlog (or its accept loop) \
+                 could not keep up, and those connects waited for a SYN retransmission (1 s or more)"
+            ));
+        }
         if !self.errors.is_empty() {
             let mut errs = Json::obj();
             for (e, n) in &self.errors {
@@ -267,7 +328,9 @@ pub async fn login_many(
         tls: Histogram::new(),
         auth: Histogram::new(),
         bind: Histogram::new(),
+        listen_overflows: None,
     };
+    let overflows_before = procstat::tcp_ext("ListenOverflows");
     let progress = Progress::new(label, n);
     let collect =
         |phase: &mut LoginPhase, r: Result<Result<Session>, tokio::task::JoinError>| match r {
@@ -309,6 +372,10 @@ pub async fn login_many(
         progress.tick(phase.sessions.len(), phase.failed);
     }
     phase.wall = started.elapsed();
+    phase.listen_overflows = match (overflows_before, procstat::tcp_ext("ListenOverflows")) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     progress.done(phase.sessions.len(), phase.failed, phase.wall);
     phase.sessions.sort_by_key(|s| s.index);
     phase.ok = phase.sessions.len();

@@ -1,0 +1,305 @@
+//! `starling-bench`: load generator for Starling (and any XMPP server: it speaks only
+//! standard RFC 6120/6121 client protocol).
+//!
+//! Subcommands: `gen-users` (account list for `starling adduser --from-file -`), `idle`
+//! (memory per idle session, login rate) and `chat` (message throughput, latency,
+//! exactly-once delivery). Each scenario prints a markdown summary on stdout and, with
+//! `--json FILE`, writes the same figures as JSON. See bench/README.md.
+//!
+//! Exit status: 0 all good; 1 errors (failed logins, dropped sessions, unclean closes, ...);
+//! 2 exactly-once delivery violated (messages lost or duplicated).
+
+mod client;
+mod hist;
+mod procstat;
+mod report;
+mod scenarios;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::{ClientConfig, Mech};
+use report::{Json, Report};
+use scenarios::RunOpts;
+
+#[derive(Parser)]
+#[command(
+    name = "starling-bench",
+    version,
+    about = "Load generator for XMPP servers (Starling, Prosody, ejabberd, ...)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print "jid password" lines for `starling adduser --from-file -`.
+    GenUsers(GenUsers),
+    /// Open N idle sessions, hold them, close them: memory per session, login rate.
+    Idle(IdleCmd),
+    /// Pairs of sessions exchanging messages: throughput, latency, exactly-once delivery.
+    Chat(ChatCmd),
+}
+
+#[derive(Args)]
+struct GenUsers {
+    /// Number of accounts.
+    count: usize,
+    #[arg(long, default_value = "bench")]
+    prefix: String,
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    #[arg(long, default_value = "bench-pw")]
+    password: String,
+    /// First account number.
+    #[arg(long, default_value_t = 0)]
+    start: usize,
+}
+
+/// Connection and measurement options shared by every scenario.
+#[derive(Args)]
+struct Common {
+    /// Server address (host:port) of the client-to-server listener.
+    #[arg(long, default_value = "127.0.0.1:5222")]
+    server: String,
+    /// XMPP domain (stream 'to', JIDs, TLS server name).
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Negotiate STARTTLS (any certificate is accepted); plaintext otherwise.
+    #[arg(long)]
+    tls: bool,
+    /// SASL mechanism.
+    #[arg(long, value_enum, default_value = "plain")]
+    mech: Mech,
+    /// Accounts are PREFIX0 .. PREFIX{N-1} @ domain (provision them first: gen-users).
+    #[arg(long, default_value = "bench")]
+    users_prefix: String,
+    /// Password of every account.
+    #[arg(long, default_value = "bench-pw")]
+    password: String,
+    /// Resource to request at bind (empty: let the server pick).
+    #[arg(long, default_value = "bench")]
+    resource: String,
+    /// Do not send initial presence after binding.
+    #[arg(long)]
+    no_presence: bool,
+    /// Logins in flight at once.
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// Give up on one login after this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    login_timeout: f64,
+    /// Wait this long for the server's </stream:stream> when closing.
+    #[arg(long, default_value_t = 10.0)]
+    close_timeout: f64,
+    /// The server's pid: read its RSS and CPU time from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Comma-separated local addresses to connect from, round robin (more than ~28k
+    /// connections to one server address need several, e.g. 127.0.0.2,127.0.0.3).
+    #[arg(long, value_delimiter = ',')]
+    source_ips: Vec<IpAddr>,
+    /// Generator runtime worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct IdleCmd {
+    #[command(flatten)]
+    common: Common,
+    /// Sessions to open.
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+    /// Seconds to hold them all open.
+    #[arg(long, default_value_t = 5.0)]
+    hold_secs: f64,
+    /// Sessions to open and close before the baseline RSS is read.
+    #[arg(long, default_value_t = 0)]
+    warmup_sessions: usize,
+    /// Seconds to let the server settle before the baseline and after closing.
+    #[arg(long, default_value_t = 1.0)]
+    settle_secs: f64,
+}
+
+#[derive(Args)]
+struct ChatCmd {
+    #[command(flatten)]
+    common: Common,
+    /// Sender/receiver pairs (2 × PAIRS sessions: accounts 2i send to 2i+1).
+    #[arg(long, default_value_t = 50)]
+    pairs: usize,
+    /// Seconds of sending (including the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// Messages in flight per pair (sent, not yet received) at most.
+    #[arg(long, default_value_t = 16)]
+    window: u64,
+    /// Fixed total rate in messages/s spread over the pairs (still capped by --window).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds at the start excluded from the rate and latency figures.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Seconds to wait for stragglers after sending stops.
+    #[arg(long, default_value_t = 5.0)]
+    drain_secs: f64,
+    /// Extra body bytes per message.
+    #[arg(long, default_value_t = 0)]
+    body_pad: usize,
+}
+
+fn secs(v: f64, what: &str) -> Result<Duration> {
+    if !(v.is_finite() && v >= 0.0) {
+        bail!("{what}: {v} is not a number of seconds");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn run_opts(c: &Common) -> Result<RunOpts> {
+    let addr: SocketAddr = c
+        .server
+        .to_socket_addrs()
+        .with_context(|| format!("--server {}", c.server))?
+        .next()
+        .with_context(|| format!("--server {}: no address", c.server))?;
+    let client = ClientConfig::new(
+        addr,
+        c.domain.trim().to_ascii_lowercase(),
+        c.tls,
+        c.mech,
+        c.users_prefix.clone(),
+        c.password.clone(),
+        c.resource.clone(),
+        !c.no_presence,
+        c.source_ips.clone(),
+    )?;
+    Ok(RunOpts {
+        client: Arc::new(client),
+        concurrency: c.concurrency.max(1),
+        login_timeout: secs(c.login_timeout, "--login-timeout")?,
+        close_timeout: secs(c.close_timeout, "--close-timeout")?,
+        server_pid: c.server_pid,
+        clk_tck: procstat::clk_tck(),
+    })
+}
+
+fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if let Some(n) = threads {
+        b.worker_threads(n.max(1));
+    }
+    Ok(b.build()?)
+}
+
+/// Print the markdown, write the JSON, choose the exit status.
+fn finish(r: &Report, json: Option<&PathBuf>) -> Result<i32> {
+    print!("{}", r.to_markdown());
+    if let Some(path) = json {
+        std::fs::write(path, r.to_json().to_string_pretty())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("JSON written to {}", path.display());
+    }
+    Ok(
+        if matches!(r.get("exactly_once"), Some(Json::Bool(false))) {
+            2
+        } else if !r.problems.is_empty() {
+            1
+        } else {
+            0
+        },
+    )
+}
+
+fn prepare(c: &Common, connections: usize) {
+    client::start_clock();
+    match procstat::raise_nofile() {
+        Ok((old, new)) => {
+            if (new as usize) < connections + 64 {
+                eprintln!(
+                    "warning: open-file limit is {new} (was {old}) but {connections} connections are planned: \
+                     raise it with `ulimit -n`"
+                );
+            }
+        }
+        Err(e) => eprintln!("warning: could not raise the open-file limit: {e}"),
+    }
+    if let Some(pid) = c.server_pid {
+        if procstat::sample(procstat::Target::Pid(pid)).is_err() {
+            eprintln!("warning: cannot read /proc/{pid}: server figures will be missing");
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match real_main(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("starling-bench: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn real_main(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::GenUsers(g) => {
+            use std::io::Write;
+            let out = std::io::stdout();
+            let mut out = std::io::BufWriter::new(out.lock());
+            if g.password.chars().any(char::is_whitespace) || g.password.is_empty() {
+                bail!("--password must be non-empty and without whitespace");
+            }
+            for i in g.start..g.start + g.count {
+                writeln!(out, "{}{}@{} {}", g.prefix, i, g.domain, g.password)?;
+            }
+            out.flush()?;
+            Ok(0)
+        }
+        Command::Idle(cmd) => {
+            prepare(&cmd.common, cmd.sessions);
+            let opts = run_opts(&cmd.common)?;
+            let io = scenarios::idle::IdleOpts {
+                sessions: cmd.sessions,
+                hold: secs(cmd.hold_secs, "--hold-secs")?,
+                warmup_sessions: cmd.warmup_sessions,
+                settle: secs(cmd.settle_secs, "--settle-secs")?,
+            };
+            let rt = runtime(cmd.common.threads)?;
+            let r = rt.block_on(scenarios::idle::run(&opts, &io))?;
+            finish(&r, cmd.common.json.as_ref())
+        }
+        Command::Chat(cmd) => {
+            prepare(&cmd.common, cmd.pairs * 2);
+            let opts = run_opts(&cmd.common)?;
+            if cmd.pairs == 0 {
+                bail!("--pairs must be at least 1");
+            }
+            let co = scenarios::chat::ChatOpts {
+                pairs: cmd.pairs,
+                secs: cmd.secs,
+                window: cmd.window,
+                rate: cmd.rate,
+                warmup: secs(cmd.warmup_secs, "--warmup-secs")?,
+                drain: secs(cmd.drain_secs, "--drain-secs")?,
+                body_pad: cmd.body_pad,
+            };
+            secs(cmd.secs, "--secs")?;
+            let rt = runtime(cmd.common.threads)?;
+            let r = rt.block_on(scenarios::chat::run(&opts, &co))?;
+            finish(&r, cmd.common.json.as_ref())
+        }
+    }
+}
