@@ -26,6 +26,8 @@ pub struct ServerState {
     pub limits: crate::xml::Limits,
     pub shutdown: watch::Receiver<bool>,
     pub connections: Arc<Semaphore>,
+    /// Serializes subscription state changes per roster owner.
+    pub roster_locks: crate::roster::RosterLocks,
 }
 
 impl ServerState {
@@ -79,6 +81,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let state = Arc::new(ServerState {
         limits: config.xml_limits(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        roster_locks: Default::default(),
         domains,
         storage,
         router: Router::new(),

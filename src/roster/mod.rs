@@ -144,6 +144,7 @@ async fn set(req: &IqRequest<'_>, owner: &(String, String)) -> Result<(), Stanza
         .filter(|n| !n.is_empty())
         .map(str::to_string);
     let storage = &req.server.storage;
+    let _guard = req.server.roster_locks.lock(user).await;
     let existing = storage.roster().get(user, contact.as_str()).await?;
     let updated = match existing {
         Some(e) => RosterItem { name, groups, ..e },
@@ -168,6 +169,7 @@ async fn remove(
     contact: &BareJid,
 ) -> Result<(), StanzaError> {
     let storage = &server.storage;
+    let guard = server.roster_locks.lock(user).await;
     let Some(existing) = storage.roster().get(user, contact.as_str()).await? else {
         return Err(StanzaError::new(Condition::ItemNotFound));
     };
@@ -200,6 +202,7 @@ async fn remove(
         };
         push_removed(server, user, &removed, ver);
     }
+    drop(guard);
     deliver_inbound(server, queue).await;
     Ok(())
 }
@@ -292,7 +295,7 @@ async fn save_state(
     old: SubState,
     new: SubState,
     pending_stanza: Option<&Bytes>,
-) -> Result<(), StorageError> {
+) -> Result<Option<Push>, StorageError> {
     let roster = server.storage.roster();
     if new.pending_in && !old.pending_in {
         let text = pending_stanza
@@ -306,7 +309,7 @@ async fn save_state(
     let changed =
         (old.sub, old.pending_out, old.approved) != (new.sub, new.pending_out, new.approved);
     if !changed || (item.is_none() && !needs_item) {
-        return Ok(());
+        return Ok(None);
     }
     let mut it = item.unwrap_or(RosterItem {
         contact: contact.to_string(),
@@ -320,8 +323,45 @@ async fn save_state(
     it.ask = new.pending_out;
     it.approved = new.approved;
     let ver = roster.put(user, &it).await?;
-    push(server, user, &it, ver);
-    Ok(())
+    Ok(Some(Push {
+        owner: (user.0.to_string(), user.1.to_string()),
+        item: it,
+        ver,
+    }))
+}
+
+/// A roster push decided while the state was saved, sent once the stanza that caused it has
+/// been delivered (RFC 6121 §3.1.6 orders the two).
+struct Push {
+    owner: (String, String),
+    item: RosterItem,
+    ver: i64,
+}
+
+impl Push {
+    fn send(self, server: &ServerState) {
+        push(server, (&self.owner.0, &self.owner.1), &self.item, self.ver);
+    }
+}
+
+/// Subscription state is read, decided and written per (owner, contact) pair by whichever
+/// session task handles a stanza; a striped lock per owner keeps two of them (a request and
+/// its immediate approval, say) from interleaving their read and write.
+pub struct RosterLocks([tokio::sync::Mutex<()>; 64]);
+
+impl Default for RosterLocks {
+    fn default() -> Self {
+        RosterLocks(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl RosterLocks {
+    pub async fn lock(&self, owner: (&str, &str)) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        owner.hash(&mut h);
+        self.0[(h.finish() % 64) as usize].lock().await
+    }
 }
 
 fn user_of(j: &BareJid) -> Option<(&str, &str)> {
@@ -354,9 +394,14 @@ async fn outbound_inner(
     if contact == *me || contact.node().is_none() {
         return Ok(());
     }
+    let guard = server.roster_locks.lock(user).await;
     let (item, old) = load_state(server, user, contact.as_str()).await?;
     let o = state::outbound(old, kind);
-    save_state(server, user, contact.as_str(), item, old, o.state, None).await?;
+    let pushed = save_state(server, user, contact.as_str(), item, old, o.state, None).await?;
+    drop(guard);
+    if let Some(p) = pushed {
+        p.send(server);
+    }
     if !o.route {
         return Ok(());
     }
@@ -411,15 +456,12 @@ async fn inbound_one(
         }
         return Ok(());
     }
+    let guard = server.roster_locks.lock(user).await;
     let (item, old) = load_state(server, user, s.from.as_str()).await?;
     let i = state::inbound(old, s.kind);
-    // §3.1.6: the stanza reaches the user's resources before the roster push it causes.
-    if i.deliver {
-        server
-            .router
-            .send_available(s.to.as_str(), &Deliver::Bytes(s.bytes.clone()));
-    }
-    save_state(
+    // Persist before delivering (an immediate answer must find the pending request), and
+    // deliver before the roster push (§3.1.6).
+    let pushed = save_state(
         server,
         user,
         s.from.as_str(),
@@ -429,6 +471,15 @@ async fn inbound_one(
         Some(&s.bytes),
     )
     .await?;
+    drop(guard);
+    if i.deliver {
+        server
+            .router
+            .send_available(s.to.as_str(), &Deliver::Bytes(s.bytes.clone()));
+    }
+    if let Some(p) = pushed {
+        p.send(server);
+    }
     if i.auto_subscribed {
         queue.push_back(generated(&s.to, &s.from, SubType::Subscribed));
         if old.approved || i.state.sub != old.sub {
