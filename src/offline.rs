@@ -9,7 +9,7 @@ use jid::BareJid;
 use minidom::Element;
 
 use crate::c2s::session::{bounce, Ctx};
-use crate::modules::{IqFuture, IqRequest, Module};
+use crate::modules::Module;
 use crate::stanza::{now_ms, xep82_datetime, Condition, StanzaError};
 use crate::xml::{self, Stanza};
 
@@ -24,9 +24,6 @@ impl Module for OfflineModule {
     }
     fn server_features(&self) -> &'static [&'static str] {
         &[FEATURE]
-    }
-    fn handle_iq<'a>(&'a self, _req: IqRequest<'a>) -> IqFuture<'a> {
-        Box::pin(async { Err(StanzaError::new(Condition::ServiceUnavailable)) })
     }
 }
 

@@ -148,9 +148,6 @@ impl Module for ContactAddresses {
     fn name(&self) -> &'static str {
         "contact_addresses"
     }
-    fn handle_iq<'a>(&'a self, _req: IqRequest<'a>) -> IqFuture<'a> {
-        Box::pin(async { Err(StanzaError::new(Condition::ServiceUnavailable)) })
-    }
     fn server_info_forms(&self, server: &crate::server::ServerState) -> Vec<Element> {
         let info = &server.config.server_info;
         let fields = [
@@ -274,9 +271,6 @@ impl Module for ServerCaps {
     }
     fn server_features(&self) -> &'static [&'static str] {
         &[NS_CAPS]
-    }
-    fn handle_iq<'a>(&'a self, _req: IqRequest<'a>) -> IqFuture<'a> {
-        Box::pin(async { Err(StanzaError::new(Condition::ServiceUnavailable)) })
     }
     fn stream_features(
         &self,

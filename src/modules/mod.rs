@@ -78,8 +78,24 @@ pub trait Module: Send + Sync + 'static {
     fn stream_features(&self, _server: &ServerState, _authenticated: bool) -> Vec<Element> {
         Vec::new()
     }
-    /// Answer a get/set: Ok(Some(payload)) or Ok(None) for an empty result.
-    fn handle_iq<'a>(&'a self, req: IqRequest<'a>) -> IqFuture<'a>;
+    /// Answer a get/set: Ok(Some(payload)) or Ok(None) for an empty result. Modules that
+    /// only contribute features or forms keep the default, which is never reached because
+    /// they register no namespace.
+    fn handle_iq<'a>(&'a self, _req: IqRequest<'a>) -> IqFuture<'a> {
+        Box::pin(std::future::ready(Err(StanzaError::new(
+            crate::stanza::Condition::ServiceUnavailable,
+        ))))
+    }
+}
+
+/// Informational queries (ping, version, time) are get-only: a get is answered with
+/// `payload()`, a set with bad-request.
+pub fn get_only(set: bool, payload: impl FnOnce() -> Option<Element>) -> IqFuture<'static> {
+    Box::pin(std::future::ready(if set {
+        Err(StanzaError::new(crate::stanza::Condition::BadRequest))
+    } else {
+        Ok(payload())
+    }))
 }
 
 #[derive(Default)]

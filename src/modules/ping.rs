@@ -1,5 +1,5 @@
-//! XEP-0199 XMPP Ping: the server answers pings addressed to it.
-use super::{IqFuture, IqRequest, Module, Scope};
+//! XEP-0199 XMPP Ping: the server answers pings addressed to it with an empty result.
+use super::{get_only, IqFuture, IqRequest, Module, Scope};
 
 pub const NS: &str = "urn:xmpp:ping";
 
@@ -16,15 +16,6 @@ impl Module for Ping {
         &[NS]
     }
     fn handle_iq<'a>(&'a self, req: IqRequest<'a>) -> IqFuture<'a> {
-        Box::pin(async move {
-            // XEP-0199 §4: a ping is an IQ get; the pong is an empty result.
-            if req.set {
-                Err(crate::stanza::StanzaError::new(
-                    crate::stanza::Condition::BadRequest,
-                ))
-            } else {
-                Ok(None)
-            }
-        })
+        get_only(req.set, || None)
     }
 }

@@ -1,8 +1,8 @@
 //! XEP-0202 Entity Time: the server's clock in UTC (XEP-0082 format).
 use minidom::Element;
 
-use super::{IqFuture, IqRequest, Module, Scope};
-use crate::stanza::{now_ms, xep82_datetime, Condition, StanzaError};
+use super::{get_only, IqFuture, IqRequest, Module, Scope};
+use crate::stanza::{now_ms, xep82_datetime};
 
 pub const NS: &str = "urn:xmpp:time";
 
@@ -19,11 +19,8 @@ impl Module for EntityTime {
         &[NS]
     }
     fn handle_iq<'a>(&'a self, req: IqRequest<'a>) -> IqFuture<'a> {
-        Box::pin(async move {
-            if req.set {
-                return Err(StanzaError::new(Condition::BadRequest));
-            }
-            Ok(Some(
+        get_only(req.set, || {
+            Some(
                 Element::builder("time", NS)
                     .append(Element::builder("tzo", NS).append("+00:00").build())
                     .append(
@@ -32,7 +29,7 @@ impl Module for EntityTime {
                             .build(),
                     )
                     .build(),
-            ))
+            )
         })
     }
 }

@@ -1,8 +1,7 @@
 //! XEP-0092 Software Version for the server.
 use minidom::Element;
 
-use super::{IqFuture, IqRequest, Module, Scope};
-use crate::stanza::{Condition, StanzaError};
+use super::{get_only, IqFuture, IqRequest, Module, Scope};
 
 pub const NS: &str = "jabber:iq:version";
 
@@ -19,25 +18,16 @@ impl Module for Version {
         &[NS]
     }
     fn handle_iq<'a>(&'a self, req: IqRequest<'a>) -> IqFuture<'a> {
-        Box::pin(async move {
-            if req.set {
-                return Err(StanzaError::new(Condition::BadRequest));
-            }
+        let show_os = req.server.config.server_info.version_show_os;
+        get_only(req.set, || {
+            let field = |name: &str, value: &str| Element::builder(name, NS).append(value).build();
             let mut q = Element::builder("query", NS)
-                .append(Element::builder("name", NS).append("Starling").build())
-                .append(
-                    Element::builder("version", NS)
-                        .append(env!("CARGO_PKG_VERSION"))
-                        .build(),
-                );
-            if req.server.config.server_info.version_show_os {
-                q = q.append(
-                    Element::builder("os", NS)
-                        .append(std::env::consts::OS)
-                        .build(),
-                );
+                .append(field("name", "Starling"))
+                .append(field("version", env!("CARGO_PKG_VERSION")));
+            if show_os {
+                q = q.append(field("os", std::env::consts::OS));
             }
-            Ok(Some(q.build()))
+            Some(q.build())
         })
     }
 }
