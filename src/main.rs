@@ -201,17 +201,26 @@ async fn adduser_bulk(config: &Config, file: PathBuf) -> Result<()> {
         entries.push((domain, user, password.trim().to_string()));
     }
     let started = std::time::Instant::now();
-    let iterations = config.auth.scram_iterations;
-    let hashed = tokio::task::spawn_blocking(move || hash_all(entries, iterations)).await??;
-    let hash_time = started.elapsed();
     let storage = open(config).await?;
-    let existing = storage.accounts().create_many(&hashed).await?;
-    for (d, u) in &existing {
+    // Skip accounts that exist before paying for their hashes (re-running an import is cheap).
+    let known: std::collections::HashSet<(String, String)> =
+        storage.accounts().list(None).await?.into_iter().collect();
+    let (mut existing, fresh): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|(d, u, _)| known.contains(&(d.clone(), u.clone())));
+    let iterations = config.auth.scram_iterations;
+    let hash_started = std::time::Instant::now();
+    let hashed = tokio::task::spawn_blocking(move || hash_all(fresh, iterations)).await??;
+    let hash_time = hash_started.elapsed();
+    // Accounts created meanwhile by someone else are reported by create_many.
+    let raced = storage.accounts().create_many(&hashed).await?;
+    let created = hashed.len() - raced.len();
+    existing.extend(raced.into_iter().map(|(d, u)| (d, u, String::new())));
+    for (d, u, _) in &existing {
         eprintln!("skipped {u}@{d}: already exists");
     }
     println!(
-        "created {} accounts ({} already existed) in {:.2}s (hashing {:.2}s)",
-        hashed.len() - existing.len(),
+        "created {created} accounts ({} already existed) in {:.2}s (hashing {:.2}s)",
         existing.len(),
         started.elapsed().as_secs_f64(),
         hash_time.as_secs_f64()
