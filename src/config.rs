@@ -111,6 +111,11 @@ pub struct LimitsConfig {
     pub max_auth_failures: u32,
     /// Most resources bound for one account at once.
     pub max_resources: usize,
+    /// Most items in one roster (RFC 6121 §2.3.3 lets servers cap it: `<not-allowed/>`).
+    pub max_roster_items: usize,
+    /// Most addresses one session tracks for directed presence (RFC 6121 §4.6); beyond it,
+    /// directed presence is still delivered but not revoked automatically at logout.
+    pub max_directed_presences: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +202,8 @@ impl Default for LimitsConfig {
             listen_backlog: 1024,
             max_auth_failures: 3,
             max_resources: 32,
+            max_roster_items: 5000,
+            max_directed_presences: 1000,
         }
     }
 }

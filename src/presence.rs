@@ -79,7 +79,9 @@ fn directed(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, to: Jid) {
     let bytes = st.rewrite(Some(ctx.jid.as_str()), None);
     route(ctx, &to, bytes);
     if st.type_.is_none() {
-        ps.directed.insert(to.as_str().to_string());
+        if ps.directed.len() < ctx.server.config.limits.max_directed_presences {
+            ps.directed.insert(to.as_str().to_string());
+        }
     } else {
         ps.directed.remove(to.as_str());
     }

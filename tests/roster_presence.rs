@@ -654,3 +654,34 @@ fn parse_xep82(s: &str) -> Option<i64> {
     let days = era * 146_097 + doe - 719_468;
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
+
+/// `limits.max_roster_items`: a new item beyond the cap is refused with not-allowed
+/// (RFC 6121 §2.3.3), while existing items can still be updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roster_size_limit_refuses_new_items_with_not_allowed() {
+    let server = TestServer::start_with("[limits]\nmax_roster_items = 2\n").await;
+    server.add_user("alice", PASSWORD).await;
+    let mut a = server.login("alice", PASSWORD, "a").await;
+    for c in ["c1", "c2"] {
+        let r = a
+            .iq(&format!(
+                "<iq type='set' id='{{id}}'><query xmlns='jabber:iq:roster'><item jid='{c}@localhost'/></query></iq>"
+            ))
+            .await;
+        assert_eq!(r.attr("type"), Some("result"), "{}", describe(&r));
+    }
+    let r = a
+        .iq("<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'><item jid='c3@localhost'/></query></iq>")
+        .await;
+    assert_eq!(r.attr("type"), Some("error"), "{}", describe(&r));
+    assert_eq!(stanza_error_condition(&r), "not-allowed");
+    let r = a
+        .iq("<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'><item jid='c1@localhost' name='Renamed'/></query></iq>")
+        .await;
+    assert_eq!(
+        r.attr("type"),
+        Some("result"),
+        "updating an existing item: {}",
+        describe(&r)
+    );
+}

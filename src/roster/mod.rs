@@ -146,6 +146,15 @@ async fn set(req: &IqRequest<'_>, owner: &(String, String)) -> Result<(), Stanza
     let storage = &req.server.storage;
     let _guard = req.server.roster_locks.lock(user).await;
     let existing = storage.roster().get(user, contact.as_str()).await?;
+    if existing.is_none() {
+        let (_, items) = storage.roster().get_all(user).await?;
+        if items.len() >= req.server.config.limits.max_roster_items {
+            return Err(StanzaError::with_text(
+                Condition::NotAllowed,
+                "roster is full",
+            ));
+        }
+    }
     let updated = match existing {
         Some(e) => RosterItem { name, groups, ..e },
         None => RosterItem {
@@ -309,6 +318,12 @@ async fn save_state(
     let changed =
         (old.sub, old.pending_out, old.approved) != (new.sub, new.pending_out, new.approved);
     if !changed || (item.is_none() && !needs_item) {
+        return Ok(None);
+    }
+    if item.is_none()
+        && roster.get_all(user).await?.1.len() >= server.config.limits.max_roster_items
+    {
+        tracing::info!(user = %format!("{}@{}", user.1, user.0), "roster full; subscription item not created");
         return Ok(None);
     }
     let mut it = item.unwrap_or(RosterItem {
