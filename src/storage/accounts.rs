@@ -107,12 +107,14 @@ impl Accounts<'_> {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let id: Option<i64> = sqlx::query_scalar(
-                    "INSERT INTO accounts (domain, username, created_at) VALUES (?, ?, ?)
+                    "INSERT INTO accounts (domain, username, created_at, roster_version)
+                     VALUES (?, ?, ?, ?)
                      ON CONFLICT (domain, username) DO NOTHING RETURNING id",
                 )
                 .bind(domain)
                 .bind(username)
                 .bind(now)
+                .bind(first_roster_version())
                 .fetch_optional(&mut *tx)
                 .await?;
                 let id = id.ok_or(StorageError::Conflict)?;
@@ -123,12 +125,14 @@ impl Accounts<'_> {
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let id: Option<i64> = sqlx::query_scalar(
-                    "INSERT INTO accounts (domain, username, created_at) VALUES ($1, $2, $3)
+                    "INSERT INTO accounts (domain, username, created_at, roster_version)
+                     VALUES ($1, $2, $3, $4)
                      ON CONFLICT (domain, username) DO NOTHING RETURNING id",
                 )
                 .bind(domain)
                 .bind(username)
                 .bind(now)
+                .bind(first_roster_version())
                 .fetch_optional(&mut *tx)
                 .await?;
                 let id = id.ok_or(StorageError::Conflict)?;
@@ -151,6 +155,7 @@ impl Accounts<'_> {
         items: &[(String, String, Vec<ScramCredential>)],
     ) -> Result<Vec<(String, String)>, StorageError> {
         let now = now_unix();
+        let ver0 = first_roster_version();
         let mut existed = Vec::new();
         for chunk in items.chunks(CREATE_MANY_CHUNK) {
             match &self.s.db {
@@ -159,10 +164,13 @@ impl Accounts<'_> {
                     let mut created = HashMap::new();
                     for sub in chunk.chunks(SQLITE_ACCOUNT_ROWS) {
                         let mut qb = QueryBuilder::<Sqlite>::new(
-                            "INSERT INTO accounts (domain, username, created_at) ",
+                            "INSERT INTO accounts (domain, username, created_at, roster_version) ",
                         );
                         qb.push_values(sub, |mut b, (d, u, _)| {
-                            b.push_bind(d.as_str()).push_bind(u.as_str()).push_bind(now);
+                            b.push_bind(d.as_str())
+                                .push_bind(u.as_str())
+                                .push_bind(now)
+                                .push_bind(ver0);
                         });
                         qb.push(
                             " ON CONFLICT (domain, username) DO NOTHING \
@@ -182,14 +190,15 @@ impl Accounts<'_> {
                     let domains: Vec<&str> = chunk.iter().map(|(d, _, _)| d.as_str()).collect();
                     let users: Vec<&str> = chunk.iter().map(|(_, u, _)| u.as_str()).collect();
                     let rows = sqlx::query(
-                        "INSERT INTO accounts (domain, username, created_at)
-                         SELECT d, u, $3 FROM UNNEST($1::text[], $2::text[]) AS t (d, u)
+                        "INSERT INTO accounts (domain, username, created_at, roster_version)
+                         SELECT d, u, $3, $4 FROM UNNEST($1::text[], $2::text[]) AS t (d, u)
                          ON CONFLICT (domain, username) DO NOTHING
                          RETURNING id, domain, username",
                     )
                     .bind(domains)
                     .bind(users)
                     .bind(now)
+                    .bind(ver0)
                     .fetch_all(&mut *tx)
                     .await?;
                     let mut created = HashMap::with_capacity(rows.len());
@@ -461,4 +470,14 @@ impl Accounts<'_> {
             _ => None,
         })
     }
+}
+
+/// A new account's roster version starts at the creation time in milliseconds, not 0: a
+/// client that cached version N of a deleted account's roster must not find a re-created
+/// account with the same name "up to date" (XEP-0237 versions are opaque to clients).
+fn first_roster_version() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

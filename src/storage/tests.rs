@@ -435,7 +435,7 @@ async fn delete_cascades(s: &Storage, _t: &Target) {
 
     // Re-created account starts empty.
     s.accounts().create(u, &[]).await.unwrap();
-    assert_eq!(s.roster().get_all(u).await.unwrap(), (0, vec![]));
+    assert_eq!(s.roster().get_all(u).await.unwrap().1, vec![]);
     assert_eq!(s.roster().pending_in_list(u).await.unwrap(), vec![]);
     assert_eq!(s.offline().count(u).await.unwrap(), 0);
     assert_eq!(
@@ -547,7 +547,11 @@ async fn roster_crud_and_versions(s: &Storage, _t: &Target) {
         Err(StorageError::NoAccount)
     ));
     s.accounts().create(u, &[]).await.unwrap();
-    assert_eq!(r.get_all(u).await.unwrap(), (0, vec![]));
+    let (v0, items) = r.get_all(u).await.unwrap();
+    assert!(
+        items.is_empty() && v0 > 0,
+        "new accounts start from the clock: {v0}"
+    );
 
     let mut last = r.version(u).await.unwrap();
     macro_rules! bump {
@@ -617,8 +621,9 @@ async fn roster_crud_and_versions(s: &Storage, _t: &Target) {
     // Other users are independent.
     let w = ("example.org", "walter");
     s.accounts().create(w, &[]).await.unwrap();
-    assert_eq!(r.get_all(w).await.unwrap(), (0, vec![]));
-    assert_eq!(r.put(w, &bob).await.unwrap(), 1);
+    let (w0, w_items) = r.get_all(w).await.unwrap();
+    assert_eq!(w_items, vec![]);
+    assert_eq!(r.put(w, &bob).await.unwrap(), w0 + 1);
 
     // Concurrent writers: every version distinct and the final one is the maximum.
     let mut set = tokio::task::JoinSet::new();
@@ -655,6 +660,7 @@ async fn pending_in(s: &Storage, t: &Target) {
         Err(StorageError::NoAccount)
     ));
     s.accounts().create(u, &[]).await.unwrap();
+    let v0 = r.version(u).await.unwrap();
     assert_eq!(r.pending_in_list(u).await.unwrap(), vec![]);
     assert!(!r.pending_in_has(u, "zed@a.org").await.unwrap());
 
@@ -701,7 +707,7 @@ async fn pending_in(s: &Storage, t: &Target) {
         vec![expect[0].clone(), expect[2].clone()]
     );
     // Pending requests don't touch the roster version.
-    assert_eq!(r.version(u).await.unwrap(), 0);
+    assert_eq!(r.version(u).await.unwrap(), v0);
 }
 
 both!(offline_queue);
@@ -842,4 +848,32 @@ fn public_futures_are_send(s: Storage, url: String) {
         o.take_all(u).await;
         o.count(u).await;
     });
+}
+
+both!(recreated_account_never_reuses_roster_versions);
+/// A client caching version N of a deleted account must not see a re-created account with
+/// the same name as "up to date".
+async fn recreated_account_never_reuses_roster_versions(s: &Storage, _t: &Target) {
+    let r = s.roster();
+    let u = ("example.org", "carol");
+    s.accounts().create(u, &[]).await.unwrap();
+    let mut last = 0;
+    for i in 0..5 {
+        last = r
+            .put(
+                u,
+                &item(&format!("c{i}@example.org"), Subscription::None, &[]),
+            )
+            .await
+            .unwrap();
+    }
+    assert!(s.accounts().delete(u).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    s.accounts().create(u, &[]).await.unwrap();
+    assert!(r.version(u).await.unwrap() > last);
+    s.accounts()
+        .create_many(&[("example.org".into(), "dave".into(), vec![])])
+        .await
+        .unwrap();
+    assert!(r.version(("example.org", "dave")).await.unwrap() > 0);
 }
