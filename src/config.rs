@@ -123,6 +123,8 @@ pub struct LimitsConfig {
 pub struct Offline {
     /// XEP-0160 per-user cap on stored messages; further messages bounce.
     pub max_messages: u32,
+    /// Per-user cap on the total size of stored messages, bytes; bounds what one login loads.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,7 +212,10 @@ impl Default for LimitsConfig {
 
 impl Default for Offline {
     fn default() -> Self {
-        Offline { max_messages: 1000 }
+        Offline {
+            max_messages: 1000,
+            max_bytes: 8 * 1024 * 1024,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! XEP-0160 offline messages: chat/normal messages for an account with no available resource
 //! are stored with a XEP-0203 delay stamp and delivered on the next initial presence with a
-//! non-negative priority. Per-user cap (`offline.max_messages`); beyond it, the sender gets
-//! service-unavailable rather than a silent drop.
+//! non-negative priority. Per-user caps (`offline.max_messages`, `offline.max_bytes`); beyond
+//! them, the sender gets service-unavailable rather than a silent drop.
 
 use crate::stanza::{BuilderExt, ElementExt};
 use bytes::BytesMut;
@@ -56,8 +56,11 @@ pub async fn store_or_bounce(ctx: &Ctx<'_>, st: &Stanza, to: &BareJid, out: &mut
             .build(),
     );
     let text = String::from_utf8_lossy(&xml::to_bytes(&el)).into_owned();
-    let max = ctx.server.config.offline.max_messages;
-    match storage.offline().store(user, &text, stamp, max).await {
+    let cap = crate::storage::OfflineCap {
+        messages: ctx.server.config.offline.max_messages,
+        bytes: ctx.server.config.offline.max_bytes,
+    };
+    match storage.offline().store(user, &text, stamp, cap).await {
         Ok(true) => {}
         Ok(false) => bounce(
             out,

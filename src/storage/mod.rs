@@ -25,6 +25,7 @@ use crate::sasl::{HashAlg, ScramCredential};
 mod accounts;
 mod migrate;
 mod offline;
+pub use offline::OfflineCap;
 mod roster;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,8 @@
 use super::{col, Db, Offline, OfflineMessage, StorageError, UserRef};
 
 impl Offline<'_> {
-    /// Ok(false) when the user already has `max` messages stored (nothing stored).
+    /// Ok(false) when storing would exceed the cap: `cap.messages` messages or `cap.bytes`
+    /// bytes of stanzas for this user (nothing stored). A bare `u32` caps the count only.
     ///
     /// The cap check and the insert are atomic (one statement under SQLite's write lock; the
     /// account row is locked first on PostgreSQL). Err(NoAccount) when the user has no account.
@@ -12,22 +13,29 @@ impl Offline<'_> {
         u: UserRef<'_>,
         stanza: &str,
         stamp_ms: i64,
-        max: u32,
+        cap: impl Into<OfflineCap>,
     ) -> Result<bool, StorageError> {
         let (domain, username) = u;
+        let cap = cap.into();
+        let size = i64::try_from(stanza.len()).unwrap_or(i64::MAX);
+        let max_bytes = i64::try_from(cap.bytes).unwrap_or(i64::MAX);
         match &self.s.db {
             Db::Sqlite(pool) => {
                 let n = sqlx::query(
                     "INSERT INTO offline_messages (account_id, stamp_ms, stanza)
                      SELECT a.id, ?, ? FROM accounts a
                      WHERE a.domain = ? AND a.username = ?
-                       AND (SELECT COUNT(*) FROM offline_messages o WHERE o.account_id = a.id) < ?",
+                       AND (SELECT COUNT(*) FROM offline_messages o WHERE o.account_id = a.id) < ?
+                       AND (SELECT COALESCE(SUM(LENGTH(CAST(o.stanza AS BLOB))), 0)
+                              FROM offline_messages o WHERE o.account_id = a.id) <= ? - ?",
                 )
                 .bind(stamp_ms)
                 .bind(stanza)
                 .bind(domain)
                 .bind(username)
-                .bind(i64::from(max))
+                .bind(i64::from(cap.messages))
+                .bind(max_bytes)
+                .bind(size)
                 .execute(pool)
                 .await?
                 .rows_affected();
@@ -51,13 +59,14 @@ impl Offline<'_> {
                 .fetch_optional(&mut *tx)
                 .await?;
                 let id = id.ok_or(StorageError::NoAccount)?;
-                let count: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM offline_messages WHERE account_id = $1",
+                let (count, used): (i64, i64) = sqlx::query_as(
+                    "SELECT COUNT(*), COALESCE(SUM(octet_length(stanza)), 0)::BIGINT
+                     FROM offline_messages WHERE account_id = $1",
                 )
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
-                if count >= i64::from(max) {
+                if count >= i64::from(cap.messages) || used > max_bytes.saturating_sub(size) {
                     return Ok(false);
                 }
                 sqlx::query(
@@ -137,5 +146,23 @@ impl Offline<'_> {
                 .await?,
             };
         u32::try_from(n).map_err(|_| super::corrupt(format!("offline count {n} out of range")))
+    }
+}
+
+/// Per-user limits of the offline store: a message count and a total size in bytes, so a
+/// login never has to load more than `bytes` of stored stanzas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfflineCap {
+    pub messages: u32,
+    pub bytes: u64,
+}
+
+impl From<u32> for OfflineCap {
+    /// A count-only cap.
+    fn from(messages: u32) -> Self {
+        OfflineCap {
+            messages,
+            bytes: u64::MAX,
+        }
     }
 }

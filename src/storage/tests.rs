@@ -877,3 +877,31 @@ async fn recreated_account_never_reuses_roster_versions(s: &Storage, _t: &Target
         .unwrap();
     assert!(r.version(("example.org", "dave")).await.unwrap() > 0);
 }
+
+both!(offline_byte_cap);
+/// The byte cap counts stanza bytes (not characters) and refuses the message that would
+/// cross it, leaving earlier ones stored.
+async fn offline_byte_cap(s: &Storage, _t: &Target) {
+    let u = ("example.org", "erin");
+    s.accounts().create(u, &[]).await.unwrap();
+    let o = s.offline();
+    let cap = OfflineCap {
+        messages: 100,
+        bytes: 30,
+    };
+    let msg = "<message>é</message>"; // 21 bytes, 20 characters
+    assert_eq!(msg.len(), 21);
+    assert!(o.store(u, msg, 1, cap).await.unwrap());
+    assert!(!o.store(u, msg, 2, cap).await.unwrap(), "21 + 21 > 30");
+    assert!(
+        o.store(u, "<m>x</m>", 3, cap).await.unwrap(),
+        "21 + 8 <= 30"
+    );
+    assert!(!o.store(u, "<a/>", 4, cap).await.unwrap(), "29 + 4 > 30");
+    assert_eq!(o.count(u).await.unwrap(), 2);
+    assert_eq!(o.take_all(u).await.unwrap().len(), 2);
+    assert!(
+        o.store(u, msg, 5, cap).await.unwrap(),
+        "room again after delivery"
+    );
+}
