@@ -302,7 +302,10 @@ async fn users(config: &Config, domain: Option<String>) -> Result<()> {
 async fn check_config(config: &Config) -> Result<()> {
     println!("domains:      {}", config.domains().join(", "));
     println!("data_dir:     {}", config.data_dir.display());
-    println!("database:     {}", redact(&config.database_url()));
+    println!(
+        "database:     {}",
+        starling::storage::redact(&config.database_url())
+    );
     println!("c2s:          {}", or_off(&config.listen.c2s));
     println!("c2s (TLS):    {}", or_off(&config.listen.c2s_direct_tls));
     println!("require_tls:  {}", config.c2s.require_tls);
@@ -323,19 +326,5 @@ fn or_off(s: &str) -> &str {
         "off"
     } else {
         s
-    }
-}
-
-/// Hide a password in a database URL.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((u, _)) => format!("{}{u}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
     }
 }

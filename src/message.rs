@@ -59,10 +59,8 @@ pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut Byt
             ctx.jid,
             StanzaError::new(Condition::ServiceUnavailable),
         ),
-        "headline" => {
-            router.send_message_bare(bare.as_str(), &bytes);
-        }
-        "error" => {
+        // Headlines and errors reach the best resources if any, and are never stored.
+        "headline" | "error" => {
             router.send_message_bare(bare.as_str(), &bytes);
         }
         _ => {

@@ -185,6 +185,13 @@ impl Router {
             .and_then(|l| l.iter().find(|r| r.resource == resource).cloned())
     }
 
+    /// Whether any resource of the account has sent available presence.
+    pub fn is_available(&self, bare: &str) -> bool {
+        self.read()
+            .get(bare)
+            .is_some_and(|l| l.iter().any(|r| r.presence.is_some()))
+    }
+
     pub fn is_online(&self, bare: &str) -> bool {
         self.read().contains_key(bare)
     }

@@ -61,13 +61,7 @@ impl Module for LastActivity {
                             return Err(StanzaError::new(Condition::Forbidden));
                         }
                     }
-                    if req
-                        .server
-                        .router
-                        .resources(req.to.as_str())
-                        .iter()
-                        .any(|r| r.presence.is_some())
-                    {
+                    if req.server.router.is_available(req.to.as_str()) {
                         return Ok(query(0, None));
                     }
                     match req.server.storage.accounts().last_activity(owner).await? {

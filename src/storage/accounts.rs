@@ -476,8 +476,5 @@ impl Accounts<'_> {
 /// client that cached version N of a deleted account's roster must not find a re-created
 /// account with the same name "up to date" (XEP-0237 versions are opaque to clients).
 fn first_roster_version() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::stanza::now_ms()
 }

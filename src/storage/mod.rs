@@ -111,8 +111,8 @@ impl Storage {
     }
 }
 
-/// Hide a password in a URL for error messages.
-fn redact(url: &str) -> String {
+/// Hide a password in a database URL (error messages, `check-config`).
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let userinfo = &url[s + 3..at];
@@ -197,10 +197,7 @@ fn corrupt(what: impl std::fmt::Display) -> StorageError {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::stanza::now_ms() / 1000
 }
 
 /// A bare JID split as stored: (domain, username), both already normalized (nodeprep/nameprep).
