@@ -3,7 +3,7 @@
 //! directed presence (remembered so it is revoked on logout), and unavailable on disconnect.
 
 use bytes::{Bytes, BytesMut};
-use jid::{BareJid, Jid};
+use jid::Jid;
 use std::collections::HashSet;
 
 use crate::c2s::session::{bounce, Ctx};
@@ -102,15 +102,12 @@ fn priority(st: &Stanza) -> Result<i8, ()> {
     }
 }
 
-async fn contacts(ctx: &Ctx<'_>) -> Vec<(BareJid, Subscription)> {
-    match ctx.server.storage.roster().get_all(ctx.user()).await {
-        Ok((_, items)) => items
-            .into_iter()
-            .filter_map(|i| BareJid::new(&i.contact).ok().map(|j| (j, i.subscription)))
-            .collect(),
+async fn contacts(ctx: &Ctx<'_>) -> crate::roster::Contacts {
+    match crate::roster::contacts(ctx.server, ctx.user()).await {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "roster load failed during presence broadcast");
-            Vec::new()
+            Default::default()
         }
     }
 }
@@ -161,7 +158,7 @@ async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut
         );
     }
     let roster = contacts(ctx).await;
-    for (contact, sub) in &roster {
+    for (contact, sub) in roster.iter() {
         if has_from(*sub) && ctx.server.serves(contact.domain().as_str()) {
             let bytes = st.rewrite(Some(ctx.jid.as_str()), Some(contact.as_str()));
             router.send_available(contact.as_str(), &Deliver::Bytes(bytes));
@@ -188,7 +185,7 @@ async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut
             }
         }
         // §4.2.3 probes, answered locally from the registry: contacts' current presence.
-        for (contact, sub) in &roster {
+        for (contact, sub) in roster.iter() {
             if !has_to(*sub) {
                 continue;
             }

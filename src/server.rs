@@ -28,6 +28,8 @@ pub struct ServerState {
     pub connections: Arc<Semaphore>,
     /// Serializes subscription state changes per roster owner.
     pub roster_locks: crate::roster::RosterLocks,
+    /// Contact lists of online users (presence broadcast without a database query).
+    pub contacts: crate::roster::ContactCache,
 }
 
 impl ServerState {
@@ -82,6 +84,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         limits: config.xml_limits(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         roster_locks: Default::default(),
+        contacts: Default::default(),
         domains,
         storage,
         router: Router::new(),

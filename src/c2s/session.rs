@@ -27,13 +27,17 @@ pub struct Ctx<'a> {
     pub handle: &'a SessionHandle,
 }
 
+fn ctx_user(bare: &BareJid) -> (&str, &str) {
+    (
+        bare.domain().as_str(),
+        bare.node().map(|n| n.as_str()).unwrap_or(""),
+    )
+}
+
 impl Ctx<'_> {
     /// (domain, localpart) for storage calls.
     pub fn user(&self) -> (&str, &str) {
-        (
-            self.bare.domain().as_str(),
-            self.bare.node().map(|n| n.as_str()).unwrap_or(""),
-        )
+        ctx_user(self.bare)
     }
 }
 
@@ -224,11 +228,16 @@ impl Session {
             handle: &self.handle,
         };
         crate::presence::disconnected(&ctx, &mut self.presence).await;
-        self.conn.state.router.unbind(
+        let state = &self.conn.state;
+        state.router.unbind(
             self.bare.as_str(),
             self.jid.resource().as_str(),
             self.handle.id,
         );
+        if !state.router.is_online(self.bare.as_str()) {
+            // The cache holds online users only; it is refilled on the next login.
+            state.contacts.invalidate(ctx_user(&self.bare));
+        }
     }
 }
 

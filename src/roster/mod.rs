@@ -167,6 +167,7 @@ async fn set(req: &IqRequest<'_>, owner: &(String, String)) -> Result<(), Stanza
         },
     };
     let ver = storage.roster().put(user, &updated).await?;
+    req.server.contacts.invalidate(user);
     push(req.server, user, &updated, ver);
     Ok(())
 }
@@ -201,6 +202,7 @@ async fn remove(
         unavailable_to(server, &me, contact);
     }
     if let Some(ver) = storage.roster().remove(user, contact.as_str()).await? {
+        server.contacts.invalidate(user);
         let removed = RosterItem {
             contact: contact.as_str().to_string(),
             name: None,
@@ -338,6 +340,7 @@ async fn save_state(
     it.ask = new.pending_out;
     it.approved = new.approved;
     let ver = roster.put(user, &it).await?;
+    server.contacts.invalidate(user);
     Ok(Some(Push {
         owner: (user.0.to_string(), user.1.to_string()),
         item: it,
@@ -542,4 +545,51 @@ pub fn unavailable_to(server: &ServerState, me: &BareJid, contact: &BareJid) {
                 .send_available(contact.as_str(), &Deliver::Bytes(Bytes::from(bytes)));
         }
     }
+}
+
+/// A contact and the subscription between the user and it.
+pub type Contacts = Arc<Vec<(BareJid, Subscription)>>;
+
+/// The contact lists of online users, so presence broadcasts do not query the database.
+/// Entries are filled under the owner's roster lock and invalidated by every roster write
+/// (which holds the same lock), so a fill can never store a list older than a write; the
+/// session evicts its user's entry when the user's last resource goes away.
+#[derive(Default)]
+pub struct ContactCache(std::sync::RwLock<std::collections::HashMap<(String, String), Contacts>>);
+
+impl ContactCache {
+    fn get(&self, user: (&str, &str)) -> Option<Contacts> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&(user.0.to_string(), user.1.to_string())).cloned()
+    }
+
+    pub fn invalidate(&self, user: (&str, &str)) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        map.remove(&(user.0.to_string(), user.1.to_string()));
+    }
+}
+
+/// The user's contacts with their subscription state, from the cache or the database.
+pub async fn contacts(server: &ServerState, user: (&str, &str)) -> Result<Contacts, StorageError> {
+    if let Some(c) = server.contacts.get(user) {
+        return Ok(c);
+    }
+    let _guard = server.roster_locks.lock(user).await;
+    if let Some(c) = server.contacts.get(user) {
+        return Ok(c);
+    }
+    let (_, items) = server.storage.roster().get_all(user).await?;
+    let list: Contacts = Arc::new(
+        items
+            .into_iter()
+            .filter_map(|i| BareJid::new(&i.contact).ok().map(|j| (j, i.subscription)))
+            .collect(),
+    );
+    server
+        .contacts
+        .0
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((user.0.to_string(), user.1.to_string()), list.clone());
+    Ok(list)
 }
