@@ -65,7 +65,9 @@ pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut Byt
         }
         _ => {
             if router.send_message_bare(bare.as_str(), &bytes) == 0 {
-                crate::offline::store_or_bounce(ctx, st, &bare, out).await;
+                // Boxed: the storage future is large and rarely needed; inlined, every
+                // session's future would reserve room for it.
+                Box::pin(crate::offline::store_or_bounce(ctx, st, &bare, out)).await;
             }
         }
     }

@@ -7,10 +7,10 @@
 //! when its queue overflows (`limits.session_queue`).
 
 use bytes::Bytes;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use tokio::sync::{mpsc, watch};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::Notify;
 
 use crate::xml::Stanza;
 
@@ -52,28 +52,144 @@ pub enum Deliver {
     RosterPush(Arc<minidom::Element>),
 }
 
+/// A bound session's inbox: what the router queues for it, and why it must close.
+///
+/// A plain `VecDeque` under a mutex plus two [`Notify`]s instead of a tokio mpsc channel and a
+/// watch channel: an empty `VecDeque` owns no memory, whereas a bounded mpsc channel allocates
+/// a 32-slot block up front, and idle sessions are most sessions (issue 7's memory budget is a
+/// few KiB per session). Delivery is still non-blocking and bounded by `limits.session_queue`.
+#[derive(Debug)]
+pub struct Mailbox {
+    inner: Mutex<MailboxInner>,
+    /// Signalled when the queue goes from empty to non-empty.
+    data: Notify,
+    /// Signalled when a kick is set.
+    kicked: Notify,
+    cap: usize,
+    /// Set once the client has requested its roster (RFC 6121 §2.1.6 "interested resource").
+    pub interested: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct MailboxInner {
+    queue: VecDeque<Deliver>,
+    kick: Option<Kick>,
+    closed: bool,
+}
+
+impl Mailbox {
+    pub fn new(cap: usize) -> Mailbox {
+        Mailbox {
+            inner: Mutex::new(MailboxInner::default()),
+            data: Notify::new(),
+            kicked: Notify::new(),
+            cap: cap.max(1),
+            interested: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue for delivery. A full queue kicks the session (slow consumer) rather than block
+    /// the sender or drop silently; false when not queued.
+    pub fn push(&self, d: Deliver) -> bool {
+        let mut m = self.lock();
+        if m.closed {
+            return false;
+        }
+        if m.queue.len() >= self.cap {
+            let first = m.kick.is_none();
+            m.kick = Some(Kick::SlowConsumer);
+            drop(m);
+            if first {
+                tracing::warn!("session queue full; disconnecting");
+            }
+            self.kicked.notify_one();
+            return false;
+        }
+        m.queue.push_back(d);
+        let wake = m.queue.len() == 1;
+        drop(m);
+        if wake {
+            self.data.notify_one();
+        }
+        true
+    }
+
+    /// Ask the session to close with this reason (the latest reason wins).
+    pub fn kick(&self, why: Kick) {
+        self.lock().kick = Some(why);
+        self.kicked.notify_one();
+    }
+
+    /// The pending kick, if any.
+    pub fn kick_reason(&self) -> Option<Kick> {
+        self.lock().kick
+    }
+
+    /// Move everything queued into `out` (the session then writes it without holding the
+    /// lock). Releases the queue's memory when it had grown, so a burst does not stay
+    /// resident in an idle session.
+    pub fn drain_into(&self, out: &mut Vec<Deliver>) {
+        let mut m = self.lock();
+        out.extend(m.queue.drain(..));
+        if m.queue.capacity() > 16 {
+            m.queue = VecDeque::new();
+        }
+    }
+
+    /// Refuse further deliveries (the session is ending).
+    pub fn close(&self) {
+        let mut m = self.lock();
+        m.closed = true;
+        m.queue = VecDeque::new();
+    }
+
+    /// Resolves after at least one delivery was queued since the last call (or immediately
+    /// if one was queued while nobody waited).
+    pub async fn ready(&self) {
+        self.data.notified().await
+    }
+
+    /// Resolves when a kick has been requested since the last call.
+    pub async fn wait_kick(&self) {
+        self.kicked.notified().await
+    }
+}
+
 /// A handle to a bound session's task.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     pub id: u64,
-    pub tx: mpsc::Sender<Deliver>,
-    pub kick: Arc<watch::Sender<Option<Kick>>>,
-    /// Set once the client has requested its roster (RFC 6121 §2.1.6 "interested resource").
-    pub interested: Arc<std::sync::atomic::AtomicBool>,
+    pub mailbox: Arc<Mailbox>,
 }
 
 impl SessionHandle {
+    pub fn new(id: u64, queue_cap: usize) -> SessionHandle {
+        SessionHandle {
+            id,
+            mailbox: Arc::new(Mailbox::new(queue_cap)),
+        }
+    }
+
     /// Queue for delivery; a full queue kicks the session rather than block or drop silently.
     pub fn send(&self, d: Deliver) -> bool {
-        match self.tx.try_send(d) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(session = self.id, "session queue full; disconnecting");
-                self.kick.send_replace(Some(Kick::SlowConsumer));
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        self.mailbox.push(d)
+    }
+
+    pub fn kick(&self, why: Kick) {
+        self.mailbox.kick(why)
+    }
+
+    /// Whether the client asked for its roster (roster pushes go to those only).
+    pub fn interested(&self) -> bool {
+        self.mailbox.interested.load(Ordering::Relaxed)
+    }
+
+    pub fn set_interested(&self) {
+        self.mailbox.interested.store(true, Ordering::Relaxed)
     }
 }
 
@@ -125,13 +241,15 @@ impl Router {
         let list = users.entry(bare.to_string()).or_default();
         if let Some(pos) = list.iter().position(|r| r.resource == resource) {
             let old = list.remove(pos);
-            old.handle.kick.send_replace(Some(Kick::Conflict));
+            old.handle.kick(Kick::Conflict);
         } else if list.len() >= max {
             if list.is_empty() {
                 users.remove(bare);
             }
             return Err(TooManyResources);
         }
+        // Most accounts have one resource: don't let Vec's growth policy reserve four.
+        list.reserve_exact(1);
         list.push(Resource {
             resource: resource.to_string(),
             handle,
@@ -263,7 +381,7 @@ impl Router {
     pub fn kick_user(&self, bare: &str, why: Kick) {
         if let Some(l) = self.read().get(bare) {
             for r in l {
-                r.handle.kick.send_replace(Some(why));
+                r.handle.kick(why);
             }
         }
     }
@@ -271,7 +389,7 @@ impl Router {
     pub fn kick_all(&self, why: Kick) {
         for l in self.read().values() {
             for r in l {
-                r.handle.kick.send_replace(Some(why));
+                r.handle.kick(why);
             }
         }
     }
@@ -285,37 +403,21 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn handle(
-        router: &Router,
-        cap: usize,
-    ) -> (
-        SessionHandle,
-        mpsc::Receiver<Deliver>,
-        watch::Receiver<Option<Kick>>,
-    ) {
-        let (tx, rx) = mpsc::channel(cap);
-        let (k, kr) = watch::channel(None);
-        (
-            SessionHandle {
-                id: router.next_session_id(),
-                tx,
-                kick: Arc::new(k),
-                interested: Default::default(),
-            },
-            rx,
-            kr,
-        )
+    fn handle(router: &Router, cap: usize) -> (SessionHandle, Arc<Mailbox>) {
+        let h = SessionHandle::new(router.next_session_id(), cap);
+        let mb = h.mailbox.clone();
+        (h, mb)
     }
 
     #[test]
     fn rebinding_a_resource_kicks_the_old_session() {
         let r = Router::new();
-        let (h1, _rx1, k1) = handle(&r, 4);
-        let (h2, _rx2, k2) = handle(&r, 4);
+        let (h1, k1) = handle(&r, 4);
+        let (h2, k2) = handle(&r, 4);
         r.bind("a@x", "phone", h1, 8).unwrap();
         r.bind("a@x", "phone", h2.clone(), 8).unwrap();
-        assert_eq!(*k1.borrow(), Some(Kick::Conflict));
-        assert_eq!(*k2.borrow(), None);
+        assert_eq!(k1.kick_reason(), Some(Kick::Conflict));
+        assert_eq!(k2.kick_reason(), None);
         assert_eq!(r.resources("a@x").len(), 1);
         // The old session's late unbind must not remove the new one.
         r.unbind("a@x", "phone", h2.id - 1);
@@ -326,10 +428,10 @@ mod tests {
     fn resource_limit_is_enforced() {
         let r = Router::new();
         for i in 0..2 {
-            let (h, _rx, _k) = handle(&r, 4);
+            let (h, _rx) = handle(&r, 4);
             r.bind("a@x", &format!("r{i}"), h, 2).unwrap();
         }
-        let (h, _rx, _k) = handle(&r, 4);
+        let (h, _rx) = handle(&r, 4);
         assert!(r.bind("a@x", "r3", h, 2).is_err());
     }
 
@@ -355,7 +457,7 @@ mod tests {
             ("d", Some(-1)),
             ("e", None),
         ] {
-            let (h, rx, _k) = handle(&r, 8);
+            let (h, rx) = handle(&r, 8);
             let id = h.id;
             r.bind("u@x", name, h, 8).unwrap();
             r.set_presence("u@x", name, id, prio.map(|p| (p, presence(p))));
@@ -366,12 +468,14 @@ mod tests {
             2
         );
         for (name, rx) in &mut rxs {
-            let got = rx.try_recv().is_ok();
+            let mut v = Vec::new();
+            rx.drain_into(&mut v);
+            let got = v.len() == 1;
             assert_eq!(got, matches!(*name, "a" | "b"), "resource {name}");
         }
         // Only negative or unavailable resources: nobody gets it (offline storage instead).
         let r2 = Router::new();
-        let (h, _rx, _k) = handle(&r2, 8);
+        let (h, _rx) = handle(&r2, 8);
         let id = h.id;
         r2.bind("v@x", "d", h, 8).unwrap();
         r2.set_presence("v@x", "d", id, Some((-1, presence(-1))));
@@ -388,9 +492,15 @@ mod tests {
     #[test]
     fn full_queue_kicks_instead_of_blocking() {
         let r = Router::new();
-        let (h, _rx, k) = handle(&r, 1);
+        let (h, k) = handle(&r, 1);
         assert!(h.send(Deliver::Bytes(Bytes::from_static(b"<a/>"))));
         assert!(!h.send(Deliver::Bytes(Bytes::from_static(b"<b/>"))));
-        assert_eq!(*k.borrow(), Some(Kick::SlowConsumer));
+        assert_eq!(k.kick_reason(), Some(Kick::SlowConsumer));
+        // Draining makes room again; a closed mailbox refuses everything.
+        let mut v = Vec::new();
+        k.drain_into(&mut v);
+        assert_eq!(v.len(), 1);
+        k.close();
+        assert!(!h.send(Deliver::Bytes(Bytes::from_static(b"<c/>"))));
     }
 }

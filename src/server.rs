@@ -26,6 +26,11 @@ pub struct ServerState {
     pub limits: crate::xml::Limits,
     pub shutdown: watch::Receiver<bool>,
     pub connections: Arc<Semaphore>,
+    /// Password hashing (PBKDF2 for PLAIN logins and registrations) runs on the blocking
+    /// pool, at most one job per core: more threads cannot hash faster, and a login burst
+    /// would otherwise start hundreds of threads whose stacks and malloc arenas stay
+    /// resident long after the burst.
+    pub hashing: Semaphore,
     /// Serializes subscription state changes per roster owner.
     pub roster_locks: crate::roster::RosterLocks,
     /// Contact lists of online users (presence broadcast without a database query).
@@ -83,6 +88,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let state = Arc::new(ServerState {
         limits: config.xml_limits(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        hashing: Semaphore::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        ),
         roster_locks: Default::default(),
         contacts: Default::default(),
         domains,

@@ -2,12 +2,12 @@
 //! owns the socket, stream negotiation (`negotiate`) and the bound session loop (`session`).
 //! One task per connection; it is the only writer to its socket.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use minidom::Element;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::sasl::ChannelBindings;
@@ -21,9 +21,10 @@ mod transport;
 
 pub use transport::Transport;
 
-/// Read chunk size: large enough for typical stanzas in one read, small enough to keep idle
-/// sessions cheap (the buffer is released when the parser has consumed it).
-const READ_CHUNK: usize = 4096;
+/// Bytes taken from the socket per read. The buffer lives on the stack of a synchronous
+/// function (never in a session's future), so an idle session holds no read buffer at all:
+/// it waits for readiness first and reads only when there is something to read.
+const READ_CHUNK: usize = 16 * 1024;
 
 pub async fn accept_loop(state: Arc<ServerState>, listener: TcpListener, direct_tls: bool) {
     let mut shutdown = state.shutdown.clone();
@@ -61,7 +62,12 @@ async fn run_connection(
 ) {
     let io = if direct_tls {
         let timeout = Duration::from_secs(state.config.c2s.login_timeout_secs);
-        match tokio::time::timeout(timeout, state.tls.acceptor.accept(tcp)).await {
+        match Box::pin(tokio::time::timeout(
+            timeout,
+            state.tls.acceptor.accept(tcp),
+        ))
+        .await
+        {
             Ok(Ok(s)) => Transport::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -73,10 +79,14 @@ async fn run_connection(
         Transport::Plain(tcp)
     };
     let mut conn = Conn::new(state, io, peer);
-    match negotiate::negotiate(&mut conn).await {
-        Ok(bound) => session::run(conn, bound).await,
-        Err(end) => conn.finish(end).await,
-    }
+    // Both phases are boxed: a task's future is as large as its largest state, and
+    // negotiation (SASL, storage lookups) is far larger than an idle session loop. Boxing
+    // frees negotiation's state once it is done instead of reserving it for the session's life.
+    let end = match Box::pin(negotiate::negotiate(&mut conn)).await {
+        Ok(bound) => Box::pin(session::run(&mut conn, bound)).await,
+        Err(end) => end,
+    };
+    Box::pin(conn.finish(end)).await;
 }
 
 /// Why a stream ends.
@@ -100,7 +110,9 @@ pub struct Conn {
     pub state: Arc<ServerState>,
     pub io: Transport,
     pub parser: StreamParser,
-    rbuf: BytesMut,
+    /// A read may find more than one chunk waiting (or TLS may hold decrypted data): try
+    /// reading again before waiting for readiness.
+    pub(crate) read_pending: bool,
     pub out: BytesMut,
     pub peer: SocketAddr,
     pub bindings: ChannelBindings,
@@ -120,7 +132,8 @@ impl Conn {
             state,
             io,
             parser,
-            rbuf: BytesMut::new(),
+            // Direct TLS: the handshake may already have buffered application data.
+            read_pending: true,
             out: BytesMut::new(),
             peer,
             bindings: ChannelBindings::default(),
@@ -145,28 +158,41 @@ impl Conn {
     }
 
     /// Read once from the socket into the parser. `Ok(false)`: the peer closed.
+    ///
+    /// Waits for readiness without holding a buffer, then reads synchronously (see
+    /// [`READ_CHUNK`]). Cancel-safe: bytes read are in the parser before this returns.
     pub async fn read_some(&mut self) -> Result<bool, End> {
-        self.rbuf.reserve(READ_CHUNK);
-        let n = self
-            .io
-            .read_buf(&mut self.rbuf)
-            .await
-            .map_err(|_| End::Io)?;
-        if n == 0 {
-            return Ok(false);
+        loop {
+            if !self.read_pending {
+                self.io.readable().await.map_err(|_| End::Io)?;
+            }
+            match self.read_ready() {
+                Ok(Some(0)) => return Ok(false),
+                Ok(Some(_)) => {
+                    self.read_pending = true;
+                    self.last_read = tokio::time::Instant::now();
+                    return Ok(true);
+                }
+                Ok(None) => self.read_pending = false,
+                Err(_) => return Err(End::Io),
+            }
         }
-        self.parser.feed(&self.rbuf[..n]);
-        self.rbuf.clear();
-        self.last_read = tokio::time::Instant::now();
-        Ok(true)
+    }
+
+    /// One non-blocking read into the parser: `Some(n)` bytes (0: end of stream), `None`
+    /// when nothing is available yet.
+    fn read_ready(&mut self) -> std::io::Result<Option<usize>> {
+        let mut buf = [0u8; READ_CHUNK];
+        let n = self.io.try_read(&mut buf)?;
+        if let Some(n) = n {
+            self.parser.feed(&buf[..n]);
+        }
+        Ok(n)
     }
 
     /// Release idle buffers (memory per idle session matters at scale).
     pub fn shrink(&mut self) {
-        if self.rbuf.capacity() > 0 {
-            self.rbuf = BytesMut::new();
-        }
-        if self.out.is_empty() && self.out.capacity() > READ_CHUNK {
+        if self.out.is_empty() && self.out.capacity() > 0 {
             self.out = BytesMut::new();
         }
         self.parser.shrink();
@@ -210,8 +236,8 @@ impl Conn {
         if self.out.is_empty() {
             return Ok(());
         }
-        let data: Bytes = self.out.split().freeze();
-        self.io.write_all(&data).await.map_err(|_| End::Io)?;
+        self.io.write_all(&self.out).await.map_err(|_| End::Io)?;
+        self.out.clear();
         self.io.flush().await.map_err(|_| End::Io)?;
         self.last_write = tokio::time::Instant::now();
         Ok(())
@@ -247,5 +273,22 @@ impl Conn {
             let _ = self.io.shutdown().await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Per-session memory is a budget (issue 7: a few KiB per idle session): these structs
+    /// live once per connection, so growth here multiplies by every session.
+    #[test]
+    fn per_session_structs_stay_within_budget() {
+        use std::mem::size_of;
+        assert!(
+            size_of::<super::Conn>() <= 512,
+            "Conn: {}",
+            size_of::<super::Conn>()
+        );
+        assert!(size_of::<crate::router::Mailbox>() <= 192);
+        assert!(size_of::<crate::router::Resource>() <= 320);
     }
 }

@@ -7,11 +7,10 @@ use jid::{BareJid, FullJid};
 use minidom::Element;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
 
 use super::{Conn, End, Transport};
 use crate::modules::{IqRequest, Scope};
-use crate::router::{Deliver, Kick, SessionHandle};
+use crate::router::SessionHandle;
 use crate::sasl::{self, Mechanism, SaslError, ScramServer};
 use crate::stanza::{error_reply, Condition, StanzaError};
 use crate::xml::{Event, Stanza, StreamHeader, NS_CLIENT, NS_STREAM};
@@ -25,8 +24,6 @@ pub const NS_SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 pub struct Bound {
     pub jid: FullJid,
     pub handle: SessionHandle,
-    pub rx: mpsc::Receiver<Deliver>,
-    pub kick: watch::Receiver<Option<Kick>>,
 }
 
 pub async fn negotiate(conn: &mut Conn) -> Result<Bound, End> {
@@ -236,6 +233,8 @@ async fn starttls(conn: &mut Conn) -> Result<(), End> {
     match conn.state.tls.acceptor.accept(tcp).await {
         Ok(s) => {
             conn.io = Transport::Tls(Box::new(s));
+            // The handshake may have pulled the client's next bytes into rustls already.
+            conn.read_pending = true;
             conn.refresh_bindings();
             conn.parser.reset();
             Ok(())
@@ -403,9 +402,12 @@ async fn plain(
         return Ok(Err(SaslError::NotAuthorized));
     };
     let password = parsed.password;
-    let ok = tokio::task::spawn_blocking(move || sasl::plain_verify(&cred, &password))
-        .await
-        .unwrap_or(false);
+    let ok = {
+        let _permit = conn.state.hashing.acquire().await;
+        tokio::task::spawn_blocking(move || sasl::plain_verify(&cred, &password))
+            .await
+            .unwrap_or(false)
+    };
     Ok(if ok {
         Ok((user, None))
     } else {
@@ -545,14 +547,10 @@ async fn bind(conn: &mut Conn, st: &Stanza, user: &str) -> Result<Option<Bound>,
             .with_resource_str(&crate::stanza::random_id())
             .map_err(|_| End::Error("internal-server-error", None))?,
     };
-    let (tx, rx) = mpsc::channel(conn.state.config.limits.session_queue);
-    let (kick_tx, kick) = watch::channel(None);
-    let handle = SessionHandle {
-        id: conn.state.router.next_session_id(),
-        tx,
-        kick: Arc::new(kick_tx),
-        interested: Default::default(),
-    };
+    let handle = SessionHandle::new(
+        conn.state.router.next_session_id(),
+        conn.state.config.limits.session_queue,
+    );
     let max = conn.state.config.limits.max_resources;
     if conn
         .state
@@ -581,10 +579,5 @@ async fn bind(conn: &mut Conn, st: &Stanza, user: &str) -> Result<Option<Bound>,
     ));
     conn.flush().await?;
     tracing::info!(peer = %conn.peer, jid = %jid, "resource bound");
-    Ok(Some(Bound {
-        jid,
-        handle,
-        rx,
-        kick,
-    }))
+    Ok(Some(Bound { jid, handle }))
 }

@@ -6,15 +6,13 @@ use crate::stanza::ElementExt;
 use bytes::BytesMut;
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
 
 use super::negotiate::Bound;
 use super::{Conn, End};
 use crate::modules::{IqRequest, Scope};
-use crate::router::{Deliver, Kick, SessionHandle};
+use crate::router::{Deliver, SessionHandle};
 use crate::server::ServerState;
 use crate::stanza::{error_reply, iq_result, parse_jid, Condition, StanzaError};
 use crate::xml::{self, Event, Stanza, NS_CLIENT};
@@ -57,34 +55,35 @@ pub fn bounce(out: &mut BytesMut, st: &Stanza, from: &FullJid, err: StanzaError)
     }
 }
 
-struct Session {
-    conn: Conn,
+struct Session<'c> {
+    /// Borrowed from the connection task, which owns it (and closes it after we return):
+    /// owning it here would reserve its space twice in the task's memory.
+    conn: &'c mut Conn,
     jid: FullJid,
     bare: BareJid,
     handle: SessionHandle,
-    rx: mpsc::Receiver<Deliver>,
-    kick: watch::Receiver<Option<Kick>>,
     presence: crate::presence::PresenceState,
 }
 
-pub async fn run(conn: Conn, b: Bound) {
+/// Run a bound session until it ends; returns why, for the caller to close the stream.
+pub async fn run(conn: &mut Conn, b: Bound) -> End {
     let bare = b.jid.to_bare();
     let mut s = Session {
         conn,
         jid: b.jid,
         bare,
         handle: b.handle,
-        rx: b.rx,
-        kick: b.kick,
         presence: Default::default(),
     };
     let end = s.main_loop().await;
-    s.cleanup().await;
+    // Boxed, like everything that runs rarely: inline, their state would be reserved in the
+    // session's future for its whole life (see `c2s::run_connection`).
+    Box::pin(s.cleanup()).await;
     tracing::info!(jid = %s.jid, reason = ?end, "session ended");
-    s.conn.finish(end).await;
+    end
 }
 
-impl Session {
+impl Session<'_> {
     async fn main_loop(&mut self) -> End {
         let cfg = &self.conn.state.config.c2s;
         let idle = Duration::from_secs(cfg.idle_timeout_secs.max(1));
@@ -93,48 +92,54 @@ impl Session {
         if *shutdown.borrow() {
             return End::Error("system-shutdown", None);
         }
+        let mailbox = self.handle.mailbox.clone();
+        let mut batch = Vec::new();
         loop {
             if let Err(e) = self.drain_parser().await {
                 return e;
             }
+            if let Some(k) = mailbox.kick_reason() {
+                return End::Error(k.condition(), None);
+            }
+            // Everything queued goes out in one write.
+            mailbox.drain_into(&mut batch);
+            for d in batch.drain(..) {
+                self.deliver(d);
+            }
+            if batch.capacity() > 64 {
+                batch = Vec::new();
+            }
             // A client that stops reading must not pin this task: the write is bounded by the
             // idle timeout and abandoned when the session is kicked (e.g. its queue overflowed).
-            let write = tokio::time::timeout(idle, self.conn.flush());
-            tokio::select! {
-                biased;
-                _ = self.kick.changed() => {
-                    if let Some(k) = *self.kick.borrow() {
-                        return End::Error(k.condition(), None);
+            if !self.conn.out.is_empty() {
+                let write = tokio::time::timeout(idle, self.conn.flush());
+                tokio::select! {
+                    biased;
+                    _ = mailbox.wait_kick() => {
+                        if let Some(k) = mailbox.kick_reason() {
+                            return End::Error(k.condition(), None);
+                        }
                     }
+                    r = write => match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return e,
+                        Err(_) => return End::Error("connection-timeout", Some("not reading".into())),
+                    },
                 }
-                r = write => match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return e,
-                    Err(_) => return End::Error("connection-timeout", Some("not reading".into())),
-                },
+                // More may have been queued while writing.
+                continue;
             }
             self.conn.shrink();
             let deadline = (self.conn.last_read + idle).min(self.conn.last_write + keepalive);
             tokio::select! {
                 biased;
-                changed = self.kick.changed() => {
-                    let kick = *self.kick.borrow();
-                    if let (Ok(()), Some(k)) = (changed, kick) {
+                _ = mailbox.wait_kick() => {
+                    if let Some(k) = mailbox.kick_reason() {
                         return End::Error(k.condition(), None);
                     }
                 }
                 _ = shutdown.changed() => return End::Error("system-shutdown", None),
-                d = self.rx.recv() => {
-                    let Some(d) = d else { return End::Io };
-                    self.deliver(d);
-                    // Batch whatever else is queued into one write.
-                    while self.conn.out.len() < 64 * 1024 {
-                        match self.rx.try_recv() {
-                            Ok(d) => self.deliver(d),
-                            Err(_) => break,
-                        }
-                    }
-                }
+                _ = mailbox.ready() => {}
                 r = self.conn.read_some() => match r {
                     Ok(true) => {}
                     Ok(false) => return End::PeerClosed,
@@ -155,7 +160,9 @@ impl Session {
     async fn drain_parser(&mut self) -> Result<(), End> {
         loop {
             match self.conn.parser.next_event()? {
-                Some(Event::Stanza(st)) => self.handle_stanza(st).await?,
+                // Boxed per stanza: stanza handling's state is several times that of an
+                // idle session, and idle sessions are the many.
+                Some(Event::Stanza(st)) => Box::pin(self.handle_stanza(st)).await?,
                 Some(Event::Close) => return Err(End::PeerClosed),
                 Some(Event::Open(_)) => {
                     return Err(End::Error(
@@ -172,7 +179,7 @@ impl Session {
         match d {
             Deliver::Bytes(b) => self.conn.write_bytes(&b),
             Deliver::RosterPush(el) => {
-                if self.handle.interested.load(Ordering::Relaxed) {
+                if self.handle.interested() {
                     let mut el = (*el).clone();
                     el.put_attr("to", self.jid.as_str());
                     self.conn.write_el(&el);
@@ -211,16 +218,25 @@ impl Session {
         };
         match st.name.as_str() {
             "message" => crate::message::outbound(&ctx, &st, to, &mut self.conn.out).await,
+            // Boxed: their futures (storage queries, module handlers) are large, and an
+            // inline await would reserve that space in every session for its whole life.
             "presence" => {
-                crate::presence::outbound(&ctx, &mut self.presence, &st, to, &mut self.conn.out)
-                    .await
+                Box::pin(crate::presence::outbound(
+                    &ctx,
+                    &mut self.presence,
+                    &st,
+                    to,
+                    &mut self.conn.out,
+                ))
+                .await
             }
-            _ => iq(&ctx, &st, to, &mut self.conn.out).await?,
+            _ => Box::pin(iq(&ctx, &st, to, &mut self.conn.out)).await?,
         }
         Ok(())
     }
 
     async fn cleanup(&mut self) {
+        self.handle.mailbox.close();
         let ctx = Ctx {
             server: &self.conn.state,
             jid: &self.jid,

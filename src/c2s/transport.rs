@@ -19,6 +19,42 @@ impl Transport {
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
     }
+
+    /// Wait until the socket has data (or an error/EOF) to read.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.readable().await,
+            Transport::Tls(s) => s.get_ref().0.readable().await,
+            Transport::Gone => Err(gone()),
+        }
+    }
+
+    /// Read without waiting: `Some(n)` (0 at end of stream) or `None` when nothing is ready.
+    /// For TLS this also returns plaintext rustls already decrypted and buffered, which no
+    /// socket readiness would announce, so callers retry before waiting on [`readable`].
+    ///
+    /// [`readable`]: Transport::readable
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self {
+            Transport::Plain(s) => match s.try_read(buf) {
+                Ok(n) => Ok(Some(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            },
+            Transport::Tls(s) => {
+                // A no-op waker: the caller waits with `readable()`, which registers its own.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut rb = ReadBuf::new(buf);
+                match Pin::new(s.as_mut()).poll_read(&mut cx, &mut rb) {
+                    Poll::Ready(Ok(())) => Ok(Some(rb.filled().len())),
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Ok(None),
+                }
+            }
+            Transport::Gone => Err(gone()),
+        }
+    }
 }
 
 fn gone() -> io::Error {

@@ -6,7 +6,6 @@ use bytes::Bytes;
 use jid::BareJid;
 use minidom::Element;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::modules::{IqFuture, IqRequest, Module, Scope};
@@ -91,7 +90,7 @@ async fn get(
     owner: &(String, String),
 ) -> Result<Option<Element>, StanzaError> {
     if let Some(s) = req.session {
-        s.interested.store(true, Ordering::Relaxed);
+        s.set_interested();
     }
     let (ver, items) = req
         .server

@@ -125,6 +125,12 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// SQLite's page cache per pooled connection, in KiB (SQLite's default is 2000 KiB). The
+/// pool holds up to eight connections, each caching the pages it touched, so the default
+/// would let the cache grow to ~16 MiB as logins read accounts and rosters; the OS page cache
+/// behind it keeps repeat reads cheap, so a small per-connection cache costs little.
+const SQLITE_CACHE_KIB: u32 = 256;
+
 async fn connect_sqlite(rest: &str) -> Result<SqlitePool, StorageError> {
     let memory = matches!(rest, ":memory:" | "//:memory:");
     let opts = if memory {
@@ -151,7 +157,8 @@ async fn connect_sqlite(rest: &str) -> Result<SqlitePool, StorageError> {
             .synchronous(SqliteSynchronous::Normal)
     }
     .foreign_keys(true)
-    .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    .busy_timeout(SQLITE_BUSY_TIMEOUT)
+    .pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"));
 
     let pool = if memory {
         // Every connection to :memory: is its own database: keep exactly one, forever.
