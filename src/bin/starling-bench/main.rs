@@ -2,9 +2,10 @@
 //! standard RFC 6120/6121 client protocol).
 //!
 //! Subcommands: `gen-users` (account list for `starling adduser --from-file -`), `idle`
-//! (memory per idle session, login rate) and `chat` (message throughput, latency,
-//! exactly-once delivery). Each scenario prints a markdown summary on stdout and, with
-//! `--json FILE`, writes the same figures as JSON. See bench/README.md.
+//! (memory per idle session, login rate), `chat` (message throughput, latency, exactly-once
+//! delivery) and `login` (sustained login/logout rate). Each scenario prints a markdown
+//! summary on stdout and, with `--json FILE`, writes the same figures as JSON. See
+//! bench/README.md.
 //!
 //! Exit status: 0 all good; 1 errors (failed logins, dropped sessions, unclean closes, ...);
 //! 2 exactly-once delivery violated (messages lost or duplicated).
@@ -45,6 +46,8 @@ enum Command {
     Idle(IdleCmd),
     /// Pairs of sessions exchanging messages: throughput, latency, exactly-once delivery.
     Chat(ChatCmd),
+    /// Log in and out back to back: sustained login rate, latency, server CPU per login.
+    Login(LoginCmd),
 }
 
 #[derive(Args)]
@@ -158,6 +161,24 @@ struct ChatCmd {
     body_pad: usize,
 }
 
+#[derive(Args)]
+struct LoginCmd {
+    #[command(flatten)]
+    common: Common,
+    /// Accounts PREFIX0 .. PREFIX{N-1}, used round robin.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Seconds of logging in (including the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// Seconds at the start excluded from the figures.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_secs: f64,
+    /// Send initial presence after binding (off: connect, auth, bind, close).
+    #[arg(long)]
+    presence: bool,
+}
+
 fn secs(v: f64, what: &str) -> Result<Duration> {
     if !(v.is_finite() && v >= 0.0) {
         bail!("{what}: {v} is not a number of seconds");
@@ -165,7 +186,8 @@ fn secs(v: f64, what: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-fn run_opts(c: &Common) -> Result<RunOpts> {
+/// `presence`: send initial presence after binding.
+fn run_opts(c: &Common, presence: bool) -> Result<RunOpts> {
     let addr: SocketAddr = c
         .server
         .to_socket_addrs()
@@ -180,7 +202,7 @@ fn run_opts(c: &Common) -> Result<RunOpts> {
         c.users_prefix.clone(),
         c.password.clone(),
         c.resource.clone(),
-        !c.no_presence,
+        presence,
         c.source_ips.clone(),
     )?;
     Ok(RunOpts {
@@ -270,7 +292,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         }
         Command::Idle(cmd) => {
             prepare(&cmd.common, cmd.sessions);
-            let opts = run_opts(&cmd.common)?;
+            let opts = run_opts(&cmd.common, !cmd.common.no_presence)?;
             let io = scenarios::idle::IdleOpts {
                 sessions: cmd.sessions,
                 hold: secs(cmd.hold_secs, "--hold-secs")?,
@@ -283,7 +305,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         }
         Command::Chat(cmd) => {
             prepare(&cmd.common, cmd.pairs * 2);
-            let opts = run_opts(&cmd.common)?;
+            let opts = run_opts(&cmd.common, !cmd.common.no_presence)?;
             if cmd.pairs == 0 {
                 bail!("--pairs must be at least 1");
             }
@@ -299,6 +321,19 @@ fn real_main(cli: Cli) -> Result<i32> {
             secs(cmd.secs, "--secs")?;
             let rt = runtime(cmd.common.threads)?;
             let r = rt.block_on(scenarios::chat::run(&opts, &co))?;
+            finish(&r, cmd.common.json.as_ref())
+        }
+        Command::Login(cmd) => {
+            prepare(&cmd.common, cmd.common.concurrency);
+            let opts = run_opts(&cmd.common, cmd.presence)?;
+            secs(cmd.secs, "--secs")?;
+            let lo = scenarios::login::LoginOpts {
+                users: cmd.users,
+                secs: cmd.secs,
+                warmup: secs(cmd.warmup_secs, "--warmup-secs")?,
+            };
+            let rt = runtime(cmd.common.threads)?;
+            let r = rt.block_on(scenarios::login::run(&opts, &lo))?;
             finish(&r, cmd.common.json.as_ref())
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod idle;
+pub mod login;
 
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -485,6 +486,10 @@ impl Progress {
                 self.start.elapsed().as_secs_f64()
             );
         }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
     }
 
     pub fn done(&self, ok: usize, failed: usize, wall: Duration) {
