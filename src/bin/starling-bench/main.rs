@@ -3,9 +3,10 @@
 //!
 //! Subcommands: `gen-users` (account list for `starling adduser --from-file -`), `idle`
 //! (memory per idle session, login rate), `chat` (message throughput, latency, exactly-once
-//! delivery) and `login` (sustained login/logout rate). Each scenario prints a markdown
-//! summary on stdout and, with `--json FILE`, writes the same figures as JSON. See
-//! bench/README.md.
+//! delivery), `login` (sustained login/logout rate) and `muc` (one room, many occupants:
+//! join time, fan-out throughput, latency, exactly-once delivery to every occupant). Each
+//! scenario prints a markdown summary on stdout and, with `--json FILE`, writes the same
+//! figures as JSON. See bench/README.md.
 //!
 //! Exit status: 0 all good; 1 errors (failed logins, dropped sessions, unclean closes, ...);
 //! 2 exactly-once delivery violated (messages lost or duplicated).
@@ -48,6 +49,8 @@ enum Command {
     Chat(ChatCmd),
     /// Log in and out back to back: sustained login rate, latency, server CPU per login.
     Login(LoginCmd),
+    /// One MUC room, K occupants, S senders: join time, fan-out throughput, exactly-once.
+    Muc(MucCmd),
 }
 
 #[derive(Args)]
@@ -177,6 +180,45 @@ struct LoginCmd {
     /// Send initial presence after binding (off: connect, auth, bind, close).
     #[arg(long)]
     presence: bool,
+}
+
+#[derive(Args)]
+struct MucCmd {
+    #[command(flatten)]
+    common: Common,
+    /// Room name (local part of the room JID).
+    #[arg(long, default_value = "bench")]
+    room: String,
+    /// MUC service domain (default: conference.DOMAIN).
+    #[arg(long)]
+    service: Option<String>,
+    /// Occupants (accounts PREFIX0 .. PREFIX{K-1}; nick = account name).
+    #[arg(long, default_value_t = 100)]
+    occupants: usize,
+    /// Occupants 0 .. S-1 send.
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Seconds of sending (including the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// Messages per sender sent but not yet reflected back to it, at most.
+    #[arg(long, default_value_t = 16)]
+    window: u64,
+    /// Fixed total send rate in messages/s over all senders (still capped by --window).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds at the start excluded from the rate and latency figures.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Seconds to wait for stragglers after sending stops.
+    #[arg(long, default_value_t = 5.0)]
+    drain_secs: f64,
+    /// Extra body bytes per message.
+    #[arg(long, default_value_t = 0)]
+    body_pad: usize,
+    /// Give up on the room creation, and on the joins, after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    join_timeout: f64,
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration> {
@@ -334,6 +376,31 @@ fn real_main(cli: Cli) -> Result<i32> {
             };
             let rt = runtime(cmd.common.threads)?;
             let r = rt.block_on(scenarios::login::run(&opts, &lo))?;
+            finish(&r, cmd.common.json.as_ref())
+        }
+        Command::Muc(cmd) => {
+            prepare(&cmd.common, cmd.occupants);
+            let opts = run_opts(&cmd.common, !cmd.common.no_presence)?;
+            secs(cmd.secs, "--secs")?;
+            let domain = cmd.common.domain.trim().to_ascii_lowercase();
+            let mo = scenarios::muc::MucOpts {
+                room: cmd.room.trim().to_string(),
+                service: cmd
+                    .service
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .unwrap_or_else(|| format!("conference.{domain}")),
+                occupants: cmd.occupants,
+                senders: cmd.senders,
+                secs: cmd.secs,
+                window: cmd.window,
+                rate: cmd.rate,
+                warmup: secs(cmd.warmup_secs, "--warmup-secs")?,
+                drain: secs(cmd.drain_secs, "--drain-secs")?,
+                body_pad: cmd.body_pad,
+                join_timeout: secs(cmd.join_timeout, "--join-timeout")?,
+            };
+            let rt = runtime(cmd.common.threads)?;
+            let r = rt.block_on(scenarios::muc::run(&opts, &mo))?;
             finish(&r, cmd.common.json.as_ref())
         }
     }

@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod idle;
 pub mod login;
+pub mod muc;
 
 use anyhow::Result;
 use std::collections::BTreeMap;
