@@ -24,6 +24,9 @@ use crate::client::{self, instant_at, now_ns, ClientConfig, CloseOutcome, Mech};
 use crate::hist::Histogram;
 use crate::report::{Json, Report};
 
+/// How long a worker waits after a failed login before its next one.
+const FAILURE_PAUSE: Duration = Duration::from_millis(10);
+
 pub struct LoginOpts {
     /// Accounts used round robin.
     pub users: usize,
@@ -146,6 +149,9 @@ impl Worker {
                         st.failed_in_window += 1;
                     }
                     *st.errors.entry(error_key(&e)).or_default() += 1;
+                    // A refused connect fails in microseconds: pause so a down or
+                    // refusing server does not turn the workers into busy loops.
+                    tokio::time::sleep(FAILURE_PAUSE).await;
                 }
             }
         }

@@ -758,6 +758,14 @@ impl Occupant {
                 .unwrap_or_else(|| "the run ended before the join completed".into());
             self.report_join(Err(why));
         }
+        if self.st.ended.is_some() {
+            // Our stream is gone, but our sender (if any) finishes with the others: wait
+            // for the end of the run so its figures are collected, not cut short.
+            let _ = self
+                .phase
+                .wait_for(|p| matches!(p, Phase::Close { .. }))
+                .await;
+        }
         self.close(leave).await;
         let ib = self.inbox;
         OccStats {
@@ -965,7 +973,7 @@ pub async fn run(opts: &RunOpts, mo: &MucOpts) -> Result<Report> {
         let (inbox, jtx) = match creator_inbox.take() {
             Some(ib) => (ib, None),
             None => (
-                Inbox::new(i, room.clone(), &nick(i), shared.clone()),
+                Inbox::new(i, room.clone(), &nick(s.index), shared.clone()),
                 Some(join_tx.clone()),
             ),
         };
