@@ -825,3 +825,74 @@ fn valid_proof_with_wrong_nonce_rejected() {
     s.server_first(Some(&cred));
     assert!(s.client_final(make("abcSERVER").as_bytes()).is_ok());
 }
+
+#[test]
+fn key_cache_skips_pbkdf2_on_repeat_logins() {
+    use std::sync::Arc;
+    let alg = HashAlg::Sha256;
+    let cred = derive_credential(alg, "pw", b"salt-1", ITER).unwrap();
+    let other = derive_credential(alg, "pw", b"salt-1", ITER).unwrap();
+    let cache = Arc::new(client::ScramKeyCache::new());
+    let login = |user: &str, cred: &ScramCredential| {
+        let mut s = ScramServer::new(alg, false, ChannelBindings::default());
+        let mut c =
+            ScramClient::new(alg, user, "pw", ClientBinding::None).with_key_cache(cache.clone());
+        let first = c.client_first()?;
+        s.client_first(&first)?;
+        let sf = s.server_first(Some(cred));
+        let needs = c.needs_derivation(&sf);
+        let fin = c.client_final(&sf)?;
+        let sfin = s.client_final(&fin)?;
+        // The server signature is still verified with cached keys.
+        c.verify_server_final(&sfin)?;
+        Ok::<bool, SaslError>(needs)
+    };
+    // First login of an account derives, later ones reuse (fresh nonces every time).
+    assert_eq!(login("alice", &cred), Ok(true));
+    assert_eq!(cache.derivations(), 1);
+    assert_eq!(login("alice", &cred), Ok(false));
+    assert_eq!(login("alice", &cred), Ok(false));
+    assert_eq!(cache.derivations(), 1);
+    // Another account, same salt: its own entry.
+    assert_eq!(login("bob", &other), Ok(true));
+    assert_eq!(cache.derivations(), 2);
+    // The server's salt or iteration count changed (password reset): derive again.
+    let resalted = derive_credential(alg, "pw", b"salt-2", ITER).unwrap();
+    assert_eq!(login("alice", &resalted), Ok(true));
+    let more = derive_credential(alg, "pw", b"salt-2", ITER + 1).unwrap();
+    assert_eq!(login("alice", &more), Ok(true));
+    assert_eq!(cache.derivations(), 4);
+    assert_eq!(cache.len(), 4);
+    // A forged server-final still fails with cached keys.
+    let mut s = ScramServer::new(alg, false, ChannelBindings::default());
+    let mut c =
+        ScramClient::new(alg, "alice", "pw", ClientBinding::None).with_key_cache(cache.clone());
+    let first = c.client_first().unwrap();
+    s.client_first(&first).unwrap();
+    let sf = s.server_first(Some(&cred));
+    c.client_final(&sf).unwrap();
+    assert_eq!(
+        c.verify_server_final(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        Err(SaslError::NotAuthorized)
+    );
+    assert_eq!(cache.derivations(), 4);
+}
+
+#[test]
+fn key_cache_reproduces_the_rfc7677_vector() {
+    // Cached keys yield exactly the RFC 7677 messages, on the deriving login and after.
+    let sf =
+        b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    let cf: &[u8] = b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+    let cache = std::sync::Arc::new(client::ScramKeyCache::new());
+    for _ in 0..2 {
+        let mut c = ScramClient::new(HashAlg::Sha256, "user", "pencil", ClientBinding::None)
+            .with_nonce("rOprNGfwEbeRWgbNEkqO")
+            .with_key_cache(cache.clone());
+        c.client_first().unwrap();
+        assert_eq!(c.client_final(sf).unwrap(), cf.to_vec());
+        c.verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+            .unwrap();
+    }
+    assert_eq!(cache.derivations(), 1);
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
-use starling::sasl::client::{ClientBinding, ScramClient};
+use starling::sasl::client::{ClientBinding, ScramClient, ScramKeyCache};
 use starling::sasl::HashAlg;
 use starling::xml::{escape, Event, Limits, Stanza, StreamParser, NS_CLIENT, NS_STREAM};
 
@@ -81,6 +81,9 @@ pub struct ClientConfig {
     /// Local addresses to spread connections over (more ephemeral ports); empty: the OS picks.
     pub source_ips: Vec<IpAddr>,
     next_source: AtomicUsize,
+    /// SCRAM keys derived so far: an account's first SCRAM login runs PBKDF2, its later
+    /// logins (same salt and iteration count) only HMACs, as a real client caching its keys.
+    pub scram_keys: Arc<ScramKeyCache>,
 }
 
 impl ClientConfig {
@@ -111,6 +114,7 @@ impl ClientConfig {
             presence,
             source_ips,
             next_source: AtomicUsize::new(0),
+            scram_keys: Arc::new(ScramKeyCache::new()),
         })
     }
 
@@ -511,7 +515,8 @@ async fn sasl(
         }
         Mech::ScramSha256 => {
             let mut client =
-                ScramClient::new(HashAlg::Sha256, user, &cfg.password, ClientBinding::None);
+                ScramClient::new(HashAlg::Sha256, user, &cfg.password, ClientBinding::None)
+                    .with_key_cache(cfg.scram_keys.clone());
             let first = client.client_first().map_err(|e| anyhow!("SCRAM: {e}"))?;
             let auth = format!(
                 "<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{}</auth>",
@@ -524,12 +529,19 @@ async fn sasl(
                 "failure" => bail!("SASL failure: {}", sasl_failure(&st)),
                 other => bail!("unexpected <{other}/> during SCRAM"),
             };
-            // PBKDF2 is the expensive part: keep it off the I/O workers.
-            let (client, fin) = tokio::task::spawn_blocking(move || {
-                let r = client.client_final(&server_first);
-                (client, r)
-            })
-            .await?;
+            let fin = if client.needs_derivation(&server_first) {
+                // PBKDF2 is the expensive part: keep it off the I/O workers.
+                let (c, fin) = tokio::task::spawn_blocking(move || {
+                    let r = client.client_final(&server_first);
+                    (client, r)
+                })
+                .await?;
+                client = c;
+                fin
+            } else {
+                // Cached keys: a few HMACs, cheaper than a thread hand-off.
+                client.client_final(&server_first)
+            };
             let fin = fin.map_err(|e| anyhow!("SCRAM: {e}"))?;
             conn.send(format!("<response xmlns='{NS_SASL}'>{}</response>", b64(&fin)).as_bytes())
                 .await?;
@@ -577,14 +589,14 @@ async fn iq_reply(conn: &mut Conn, id: &str) -> Result<Stanza> {
     }
 }
 
-async fn bind(conn: &mut Conn, cfg: &ClientConfig, features: &minidom::Element) -> Result<String> {
+async fn bind(conn: &mut Conn, resource: &str, features: &minidom::Element) -> Result<String> {
     if features.get_child("bind", NS_BIND).is_none() {
         bail!("server does not offer resource binding");
     }
-    let resource = if cfg.resource.is_empty() {
+    let resource = if resource.is_empty() {
         String::new()
     } else {
-        format!("<resource>{}</resource>", escape(&cfg.resource))
+        format!("<resource>{}</resource>", escape(resource))
     };
     conn.send(
         format!("<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>{resource}</bind></iq>")
@@ -613,7 +625,12 @@ async fn bind(conn: &mut Conn, cfg: &ClientConfig, features: &minidom::Element) 
     Ok(jid)
 }
 
-async fn login_inner(cfg: &ClientConfig, index: usize, t: &mut LoginTimings) -> Result<Session> {
+async fn login_inner(
+    cfg: &ClientConfig,
+    index: usize,
+    resource: &str,
+    t: &mut LoginTimings,
+) -> Result<Session> {
     let t0 = Instant::now();
     let tcp = connect(cfg).await.context("connect")?;
     t.connect = t0.elapsed();
@@ -645,7 +662,7 @@ async fn login_inner(cfg: &ClientConfig, index: usize, t: &mut LoginTimings) -> 
     let features = open_stream(&mut conn, &cfg.domain)
         .await
         .context("stream after auth")?;
-    let jid = bind(&mut conn, cfg, &features).await.context("bind")?;
+    let jid = bind(&mut conn, resource, &features).await.context("bind")?;
     if cfg.presence {
         conn.send(b"<presence/>").await.context("presence")?;
     }
@@ -659,10 +676,21 @@ async fn login_inner(cfg: &ClientConfig, index: usize, t: &mut LoginTimings) -> 
     })
 }
 
-/// Connect and log in account `index` (`{prefix}{index}`), within `timeout`.
+/// Connect and log in account `index` (`{prefix}{index}`) with the configured resource,
+/// within `timeout`.
 pub async fn login(cfg: &ClientConfig, index: usize, timeout: Duration) -> Result<Session> {
+    login_as(cfg, index, &cfg.resource, timeout).await
+}
+
+/// [`login`] requesting `resource` at bind (empty: the server picks one).
+pub async fn login_as(
+    cfg: &ClientConfig,
+    index: usize,
+    resource: &str,
+    timeout: Duration,
+) -> Result<Session> {
     let mut t = LoginTimings::default();
-    match tokio::time::timeout(timeout, login_inner(cfg, index, &mut t)).await {
+    match tokio::time::timeout(timeout, login_inner(cfg, index, resource, &mut t)).await {
         Ok(r) => r,
         Err(_) => bail!("timeout: login took over {}s", timeout.as_secs_f64()),
     }

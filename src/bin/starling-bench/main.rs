@@ -2,9 +2,11 @@
 //! standard RFC 6120/6121 client protocol).
 //!
 //! Subcommands: `gen-users` (account list for `starling adduser --from-file -`), `idle`
-//! (memory per idle session, login rate) and `chat` (message throughput, latency,
-//! exactly-once delivery). Each scenario prints a markdown summary on stdout and, with
-//! `--json FILE`, writes the same figures as JSON. See bench/README.md.
+//! (memory per idle session, login rate), `chat` (message throughput, latency, exactly-once
+//! delivery), `login` (sustained login/logout rate) and `muc` (one room, many occupants:
+//! join time, fan-out throughput, latency, exactly-once delivery to every occupant). Each
+//! scenario prints a markdown summary on stdout and, with `--json FILE`, writes the same
+//! figures as JSON. See bench/README.md.
 //!
 //! Exit status: 0 all good; 1 errors (failed logins, dropped sessions, unclean closes, ...);
 //! 2 exactly-once delivery violated (messages lost or duplicated).
@@ -45,6 +47,10 @@ enum Command {
     Idle(IdleCmd),
     /// Pairs of sessions exchanging messages: throughput, latency, exactly-once delivery.
     Chat(ChatCmd),
+    /// Log in and out back to back: sustained login rate, latency, server CPU per login.
+    Login(LoginCmd),
+    /// One MUC room, K occupants, S senders: join time, fan-out throughput, exactly-once.
+    Muc(MucCmd),
 }
 
 #[derive(Args)]
@@ -158,6 +164,63 @@ struct ChatCmd {
     body_pad: usize,
 }
 
+#[derive(Args)]
+struct LoginCmd {
+    #[command(flatten)]
+    common: Common,
+    /// Accounts PREFIX0 .. PREFIX{N-1}, used round robin.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Seconds of logging in (including the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// Seconds at the start excluded from the figures.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_secs: f64,
+    /// Send initial presence after binding (off: connect, auth, bind, close).
+    #[arg(long)]
+    presence: bool,
+}
+
+#[derive(Args)]
+struct MucCmd {
+    #[command(flatten)]
+    common: Common,
+    /// Room name (local part of the room JID).
+    #[arg(long, default_value = "bench")]
+    room: String,
+    /// MUC service domain (default: conference.DOMAIN).
+    #[arg(long)]
+    service: Option<String>,
+    /// Occupants (accounts PREFIX0 .. PREFIX{K-1}; nick = account name).
+    #[arg(long, default_value_t = 100)]
+    occupants: usize,
+    /// Occupants 0 .. S-1 send.
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Seconds of sending (including the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// Messages per sender sent but not yet reflected back to it, at most.
+    #[arg(long, default_value_t = 16)]
+    window: u64,
+    /// Fixed total send rate in messages/s over all senders (still capped by --window).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds at the start excluded from the rate and latency figures.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Seconds to wait for stragglers after sending stops.
+    #[arg(long, default_value_t = 5.0)]
+    drain_secs: f64,
+    /// Extra body bytes per message.
+    #[arg(long, default_value_t = 0)]
+    body_pad: usize,
+    /// Give up on the room creation, and on the joins, after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    join_timeout: f64,
+}
+
 fn secs(v: f64, what: &str) -> Result<Duration> {
     if !(v.is_finite() && v >= 0.0) {
         bail!("{what}: {v} is not a number of seconds");
@@ -165,7 +228,8 @@ fn secs(v: f64, what: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-fn run_opts(c: &Common) -> Result<RunOpts> {
+/// `presence`: send initial presence after binding.
+fn run_opts(c: &Common, presence: bool) -> Result<RunOpts> {
     let addr: SocketAddr = c
         .server
         .to_socket_addrs()
@@ -180,7 +244,7 @@ fn run_opts(c: &Common) -> Result<RunOpts> {
         c.users_prefix.clone(),
         c.password.clone(),
         c.resource.clone(),
-        !c.no_presence,
+        presence,
         c.source_ips.clone(),
     )?;
     Ok(RunOpts {
@@ -270,7 +334,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         }
         Command::Idle(cmd) => {
             prepare(&cmd.common, cmd.sessions);
-            let opts = run_opts(&cmd.common)?;
+            let opts = run_opts(&cmd.common, !cmd.common.no_presence)?;
             let io = scenarios::idle::IdleOpts {
                 sessions: cmd.sessions,
                 hold: secs(cmd.hold_secs, "--hold-secs")?,
@@ -283,7 +347,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         }
         Command::Chat(cmd) => {
             prepare(&cmd.common, cmd.pairs * 2);
-            let opts = run_opts(&cmd.common)?;
+            let opts = run_opts(&cmd.common, !cmd.common.no_presence)?;
             if cmd.pairs == 0 {
                 bail!("--pairs must be at least 1");
             }
@@ -299,6 +363,44 @@ fn real_main(cli: Cli) -> Result<i32> {
             secs(cmd.secs, "--secs")?;
             let rt = runtime(cmd.common.threads)?;
             let r = rt.block_on(scenarios::chat::run(&opts, &co))?;
+            finish(&r, cmd.common.json.as_ref())
+        }
+        Command::Login(cmd) => {
+            prepare(&cmd.common, cmd.common.concurrency);
+            let opts = run_opts(&cmd.common, cmd.presence)?;
+            secs(cmd.secs, "--secs")?;
+            let lo = scenarios::login::LoginOpts {
+                users: cmd.users,
+                secs: cmd.secs,
+                warmup: secs(cmd.warmup_secs, "--warmup-secs")?,
+            };
+            let rt = runtime(cmd.common.threads)?;
+            let r = rt.block_on(scenarios::login::run(&opts, &lo))?;
+            finish(&r, cmd.common.json.as_ref())
+        }
+        Command::Muc(cmd) => {
+            prepare(&cmd.common, cmd.occupants);
+            let opts = run_opts(&cmd.common, !cmd.common.no_presence)?;
+            secs(cmd.secs, "--secs")?;
+            let domain = cmd.common.domain.trim().to_ascii_lowercase();
+            let mo = scenarios::muc::MucOpts {
+                room: cmd.room.trim().to_string(),
+                service: cmd
+                    .service
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .unwrap_or_else(|| format!("conference.{domain}")),
+                occupants: cmd.occupants,
+                senders: cmd.senders,
+                secs: cmd.secs,
+                window: cmd.window,
+                rate: cmd.rate,
+                warmup: secs(cmd.warmup_secs, "--warmup-secs")?,
+                drain: secs(cmd.drain_secs, "--drain-secs")?,
+                body_pad: cmd.body_pad,
+                join_timeout: secs(cmd.join_timeout, "--join-timeout")?,
+            };
+            let rt = runtime(cmd.common.threads)?;
+            let r = rt.block_on(scenarios::muc::run(&opts, &mo))?;
             finish(&r, cmd.common.json.as_ref())
         }
     }

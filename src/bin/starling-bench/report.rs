@@ -195,6 +195,8 @@ pub struct Report {
     params: Vec<(String, Json)>,
     sections: Vec<(String, Vec<Metric>)>,
     extra: Vec<(String, Json)>,
+    /// (alias, key): JSON-only second names of metrics.
+    aliases: Vec<(String, String)>,
     notes: Vec<String>,
     /// Problems (failed logins, losses, ...): listed in both outputs.
     pub problems: Vec<String>,
@@ -207,6 +209,7 @@ impl Report {
             params: Vec::new(),
             sections: Vec::new(),
             extra: Vec::new(),
+            aliases: Vec::new(),
             notes: Vec::new(),
             problems: Vec::new(),
         }
@@ -239,6 +242,12 @@ impl Report {
         self.extra.push((key.to_string(), v.into()));
     }
 
+    /// Also publish metric `key` under `alias` in the JSON `metrics` (not in the table), for
+    /// scripts that compare servers by a scenario-neutral name.
+    pub fn alias(&mut self, alias: &str, key: &str) {
+        self.aliases.push((alias.to_string(), key.to_string()));
+    }
+
     pub fn note(&mut self, s: impl Into<String>) {
         self.notes.push(s.into());
     }
@@ -260,6 +269,11 @@ impl Report {
         for (_, ms) in &self.sections {
             for m in ms {
                 metrics.push((m.key.clone(), m.value.clone()));
+            }
+        }
+        for (alias, key) in &self.aliases {
+            if let Some(v) = self.get(key) {
+                metrics.push((alias.clone(), v.clone()));
             }
         }
         let ts = std::time::SystemTime::now()
@@ -370,5 +384,18 @@ mod tests {
         assert!(s.contains(r#""n": 1.5"#));
         assert!(s.contains(r#""nan": null"#));
         assert!(s.contains(r#""a": [1, 2]"#));
+    }
+
+    #[test]
+    fn aliases_are_json_only() {
+        let mut r = Report::new("t");
+        r.metric("logins_per_s", "Login rate", 2.5, "logins/s");
+        r.alias("logins_per_sec", "logins_per_s");
+        r.alias("missing_alias", "no_such_metric");
+        let j = r.to_json().to_string_pretty();
+        assert!(j.contains(r#""logins_per_s": 2.5"#), "{j}");
+        assert!(j.contains(r#""logins_per_sec": 2.5"#), "{j}");
+        assert!(!j.contains("missing_alias"), "{j}");
+        assert!(!r.to_markdown().contains("logins_per_sec"));
     }
 }

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::{cpu_metrics, login_many, mib, ms, Probe, RunOpts};
+use super::{cpu_metrics, login_many, mib, ms, parse_body, Marks, Probe, RunOpts, Seen};
 use crate::client::{
     self, instant_at, now_ns, stanza_error_condition, stream_error_condition, CloseOutcome, Reader,
     Session,
@@ -50,50 +50,8 @@ struct PairShared {
     done: std::sync::atomic::AtomicBool,
 }
 
-/// The run's clock marks, in `now_ns()` nanoseconds.
-#[derive(Clone, Copy)]
-struct Marks {
-    start: u64,
-    measure: u64,
-    end: u64,
-}
-
 // ---------------------------------------------------------------------------------------
 // Receiving
-
-/// Growable bitset of received sequence numbers.
-#[derive(Default)]
-struct Seen(Vec<u64>);
-
-impl Seen {
-    /// Set bit `i`; true if it was not set.
-    fn insert(&mut self, i: u64) -> bool {
-        let w = (i / 64) as usize;
-        if w >= self.0.len() {
-            self.0.resize(w + 1 + w / 2, 0);
-        }
-        let bit = 1u64 << (i % 64);
-        let new = self.0[w] & bit == 0;
-        self.0[w] |= bit;
-        new
-    }
-    fn count(&self) -> u64 {
-        self.0.iter().map(|w| w.count_ones() as u64).sum()
-    }
-}
-
-/// "PAIR SEQ TS" out of `<body>…</body>` in the raw stanza bytes (no tree built).
-fn parse_body(raw: &[u8]) -> Option<(u64, u64, u64)> {
-    let open = memchr::memmem::find(raw, b"<body")?;
-    let gt = open + memchr::memchr(b'>', &raw[open..])? + 1;
-    let len = memchr::memmem::find(&raw[gt..], b"</body>")?;
-    let text = std::str::from_utf8(&raw[gt..gt + len]).ok()?;
-    let mut it = text.split(' ');
-    let pair = it.next()?.parse().ok()?;
-    let seq = it.next()?.parse().ok()?;
-    let ts = it.next()?.parse().ok()?;
-    Some((pair, seq, ts))
-}
 
 #[derive(Default)]
 struct RecvStats {
@@ -143,10 +101,10 @@ impl RecvStats {
             return 0;
         }
         self.received += 1;
-        if ts >= m.measure && ts < m.end {
+        if m.in_window(ts) {
             self.latency.record(now.saturating_sub(ts));
         }
-        if now >= m.measure && now < m.end {
+        if m.in_window(now) {
             self.in_window += 1;
         }
         if now >= m.start {
@@ -452,13 +410,8 @@ pub async fn run(opts: &RunOpts, co: &ChatOpts) -> Result<Report> {
     }
 
     let before = probe.snap();
-    let lead = 200_000_000; // 200 ms for every task to be parked before the start mark
-    let start = now_ns() + lead;
-    let m = Marks {
-        start,
-        measure: start + co.warmup.as_nanos() as u64,
-        end: start + (co.secs * 1e9) as u64,
-    };
+    // 200 ms for every task to be parked before the start mark.
+    let m = Marks::from_now(Duration::from_millis(200), co.warmup, co.secs);
     let (stop_tx, stop_rx) = watch::channel(false);
     let pad: Arc<str> = "x".repeat(co.body_pad).into();
     let interval = co
@@ -606,7 +559,7 @@ pub async fn run(opts: &RunOpts, co: &ChatOpts) -> Result<Report> {
             *closes.entry(c.name()).or_default() += 1;
         }
     }
-    let measured_s = (m.end - m.measure) as f64 / 1e9;
+    let measured_s = m.measured_secs();
     let whole_secs = ((m.end - m.start) / 1_000_000_000) as usize;
     let full: Vec<u64> = timeline.iter().take(whole_secs).copied().collect();
     let exactly_once = missing == 0 && dups == 0 && invalid == 0 && foreign == 0;
@@ -775,28 +728,4 @@ pub async fn run(opts: &RunOpts, co: &ChatOpts) -> Result<Report> {
     }
     r.extra("per_second_delivered", timeline);
     Ok(r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn body_parsing() {
-        let raw =
-            b"<message from='a@b/c' to='d@e/f' type='chat'><body>3 17 123456 xxxx</body></message>";
-        assert_eq!(parse_body(raw), Some((3, 17, 123456)));
-        let raw = b"<message><body xmlns='jabber:client'>1 2 3</body></message>";
-        assert_eq!(parse_body(raw), Some((1, 2, 3)));
-        assert_eq!(parse_body(b"<message><body>x</body></message>"), None);
-    }
-
-    #[test]
-    fn seen_bits() {
-        let mut s = Seen::default();
-        assert!(s.insert(0));
-        assert!(s.insert(1000));
-        assert!(!s.insert(1000));
-        assert_eq!(s.count(), 2);
-    }
 }

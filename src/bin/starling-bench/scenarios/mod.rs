@@ -3,6 +3,8 @@
 
 pub mod chat;
 pub mod idle;
+pub mod login;
+pub mod muc;
 
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -184,6 +186,75 @@ pub fn mib(b: u64) -> f64 {
 
 pub fn ms(ns: Option<u64>) -> Option<f64> {
     ns.map(|v| v as f64 / 1e6)
+}
+
+// ---------------------------------------------------------------------------------------
+// Message accounting shared by the messaging scenarios
+
+/// A run's clock marks, in `now_ns()` nanoseconds: sending starts at `start`, figures are
+/// measured from `measure` (end of the warm-up) to `end`.
+#[derive(Clone, Copy, Debug)]
+pub struct Marks {
+    pub start: u64,
+    pub measure: u64,
+    pub end: u64,
+}
+
+impl Marks {
+    /// Marks `lead` from now, with `warmup` and a total of `secs` of sending.
+    pub fn from_now(lead: Duration, warmup: Duration, secs: f64) -> Marks {
+        let start = client::now_ns() + lead.as_nanos() as u64;
+        Marks {
+            start,
+            measure: start + warmup.as_nanos() as u64,
+            end: start + (secs * 1e9) as u64,
+        }
+    }
+
+    /// Whether `t` lies in the measurement window.
+    pub fn in_window(&self, t: u64) -> bool {
+        t >= self.measure && t < self.end
+    }
+
+    pub fn measured_secs(&self) -> f64 {
+        (self.end - self.measure) as f64 / 1e9
+    }
+}
+
+/// Growable bitset of received sequence numbers: one bit per message, so exactly-once
+/// checking costs memory proportional to the messages, not to a per-message allocation.
+#[derive(Default)]
+pub struct Seen(Vec<u64>);
+
+impl Seen {
+    /// Set bit `i`; true if it was not set.
+    pub fn insert(&mut self, i: u64) -> bool {
+        let w = (i / 64) as usize;
+        if w >= self.0.len() {
+            self.0.resize(w + 1 + w / 2, 0);
+        }
+        let bit = 1u64 << (i % 64);
+        let new = self.0[w] & bit == 0;
+        self.0[w] |= bit;
+        new
+    }
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|w| w.count_ones() as u64).sum()
+    }
+}
+
+/// "ID SEQ TS" (plus optional padding) out of `<body>…</body>` in the raw stanza bytes, no
+/// tree built. ID is the pair (chat) or the sender (muc), TS the send time in `now_ns()`.
+pub fn parse_body(raw: &[u8]) -> Option<(u64, u64, u64)> {
+    let open = memchr::memmem::find(raw, b"<body")?;
+    let gt = open + memchr::memchr(b'>', &raw[open..])? + 1;
+    let len = memchr::memmem::find(&raw[gt..], b"</body>")?;
+    let text = std::str::from_utf8(&raw[gt..gt + len]).ok()?;
+    let mut it = text.split(' ');
+    let id = it.next()?.parse().ok()?;
+    let seq = it.next()?.parse().ok()?;
+    let ts = it.next()?.parse().ok()?;
+    Some((id, seq, ts))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -418,6 +489,10 @@ impl Progress {
         }
     }
 
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
     pub fn done(&self, ok: usize, failed: usize, wall: Duration) {
         eprintln!(
             "[{}] {}/{} ok, {} failed, {:.2}s          ",
@@ -427,5 +502,51 @@ impl Progress {
             failed,
             wall.as_secs_f64()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_parsing() {
+        let raw =
+            b"<message from='a@b/c' to='d@e/f' type='chat'><body>3 17 123456 xxxx</body></message>";
+        assert_eq!(parse_body(raw), Some((3, 17, 123456)));
+        let raw = b"<message><body xmlns='jabber:client'>1 2 3</body></message>";
+        assert_eq!(parse_body(raw), Some((1, 2, 3)));
+        assert_eq!(parse_body(b"<message><body>x</body></message>"), None);
+        assert_eq!(parse_body(b"<message><body>1 2</body></message>"), None);
+        assert_eq!(parse_body(b"<message><body>1 2 3"), None);
+        assert_eq!(
+            parse_body(b"<message><subject>1 2 3</subject></message>"),
+            None
+        );
+        assert_eq!(parse_body(b"<message><body>-1 2 3</body></message>"), None);
+    }
+
+    #[test]
+    fn seen_bits() {
+        let mut s = Seen::default();
+        assert!(s.insert(0));
+        assert!(s.insert(1000));
+        assert!(!s.insert(1000));
+        assert!(s.insert(63));
+        assert!(s.insert(64));
+        assert_eq!(s.count(), 4);
+    }
+
+    #[test]
+    fn marks_window() {
+        let m = Marks {
+            start: 100,
+            measure: 200,
+            end: 1_000_000_200,
+        };
+        assert!(!m.in_window(199));
+        assert!(m.in_window(200));
+        assert!(!m.in_window(1_000_000_200));
+        assert!((m.measured_secs() - 1.0).abs() < 1e-12);
     }
 }
