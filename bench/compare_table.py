@@ -342,6 +342,22 @@ def render_compare(out, meta, runs, skips):
             problems.append(f"- {scen} / {SERVER_TITLES[s]} / run {r.rep}: "
                             f"{'status ' + r.rc if r.rc.isdigit() else r.rc}"
                             + (f" — {detail}" if detail else ""))
+    bound = []
+    for (scen, s), rs in sorted(runs.items()):
+        for key in ("generator_cpu_chat_pct", "generator_cpu_muc_pct", "generator_cpu_login_pct"):
+            vals = [r.metric(key) for r in rs if r.usable]
+            vals = [v for v in vals if isinstance(v, float)]
+            if vals and statistics.median(vals) >= 90:
+                bound.append(f"- {scen} / {SERVER_TITLES[s]}: the generator used "
+                             f"{fmt(statistics.median(vals))}% of its core ({key}): the rate is "
+                             "bounded by the generator; per-core and per-operation figures "
+                             "still compare the servers")
+                break
+    if bound:
+        L("")
+        L("## Generator-bound runs")
+        L("")
+        lines.extend(bound)
     if problems:
         L("")
         L("## Problems")
