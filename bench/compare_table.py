@@ -145,15 +145,18 @@ def rows_for(meta):
     S, P, W = p.get("sessions", "?"), p.get("pairs", "?"), p.get("window", "?")
     rate, lu = p.get("rate", "?"), p.get("login_users", "?")
     lc = p.get("login_concurrency", "?")
+    im = {"plain": "PLAIN", "scram-sha-256": "SCRAM-SHA-256"}.get(p.get("idle_mech", "plain"), "?")
     rows = [
         ("Memory", None),
-        (f"RSS per idle session, plaintext ({S} sessions)", "idle-plain", "rss_per_session_bytes", "bytes", "lower"),
-        (f"RSS per idle session, STARTTLS ({S} sessions)", "idle-tls", "rss_per_session_bytes", "bytes", "lower"),
+        (f"RSS per idle session, plaintext + {im} ({S} sessions)", "idle-plain", "rss_per_session_bytes", "bytes", "lower"),
+        (f"RSS per idle session, STARTTLS + {im} ({S} sessions)", "idle-tls", "rss_per_session_bytes", "bytes", "lower"),
+        (f"RSS per idle session, plaintext + SCRAM-SHA-256 ({S} sessions)", "idle-scram", "rss_per_session_bytes", "bytes", "lower"),
         ("Logins", None),
-        ("Login rate opening idle sessions, plaintext + PLAIN (200 in flight)", "idle-plain", "login_rate_per_s", "logins/s", "higher"),
-        ("Server CPU per login, plaintext + PLAIN (idle ramp)", "idle-plain", "server_cpu_per_login_us", "µs", "lower"),
-        ("Login rate opening idle sessions, STARTTLS + PLAIN", "idle-tls", "login_rate_per_s", "logins/s", "higher"),
-        ("Server CPU per login, STARTTLS + PLAIN (idle ramp)", "idle-tls", "server_cpu_per_login_us", "µs", "lower"),
+        (f"Login rate opening idle sessions, plaintext + {im} (200 in flight)", "idle-plain", "login_rate_per_s", "logins/s", "higher"),
+        (f"Server CPU per login, plaintext + {im} (idle ramp)", "idle-plain", "server_cpu_per_login_us", "µs", "lower"),
+        (f"Login rate opening idle sessions, STARTTLS + {im}", "idle-tls", "login_rate_per_s", "logins/s", "higher"),
+        (f"Server CPU per login, STARTTLS + {im} (idle ramp)", "idle-tls", "server_cpu_per_login_us", "µs", "lower"),
+        ("Server CPU per login, plaintext + SCRAM-SHA-256 (idle ramp)", "idle-scram", "server_cpu_per_login_us", "µs", "lower"),
         (f"Sustained login rate, SASL PLAIN ({lu} accounts, {lc} in flight)", "login-plain", "logins_per_sec", "logins/s", "higher"),
         ("Server CPU per login, SASL PLAIN", "login-plain", "server_cpu_us_per_login", "µs", "lower"),
         (f"Sustained login rate, SCRAM-SHA-256 ({lu} accounts, {lc} in flight)", "login-scram", "logins_per_sec", "logins/s", "higher"),
