@@ -292,8 +292,8 @@ def render_compare(out, meta, runs, skips):
                         failed_logins += v
         if lost or dup:
             bad = True
-        ld_cells.append(f"{fmt(lost)} / {fmt(dup)}" if seen else "—")
-        fail_cells.append(fmt(failed_logins))
+        ld_cells.append(f"{int(lost):,} / {int(dup):,}" if seen else "—")
+        fail_cells.append(f"{int(failed_logins):,}")
     L("| **Correctness (totals over all runs)** |" + " |" * (len(head) - 1))
     L("| " + " | ".join(["Messages lost / duplicated (chat and MUC)", "messages", "0"] + ld_cells + ["—"] * len(peers)) + " |")
     L("| " + " | ".join(["Failed logins", "logins", "0"] + fail_cells + ["—"] * len(peers)) + " |")
