@@ -107,13 +107,13 @@ def fmt(v):
     if isinstance(v, bool):
         return "yes" if v else "no"
     a = abs(v)
-    if a >= 1000:
+    if a >= 999.5:
         return f"{v:,.0f}"
-    if a >= 100:
+    if a >= 99.95:
         return f"{v:.0f}"
-    if a >= 10:
+    if a >= 9.995:
         return f"{v:.1f}"
-    if a >= 1:
+    if a >= 0.9995:
         return f"{v:.2f}"
     if a == 0:
         return "0"
