@@ -130,14 +130,15 @@ impl Mailbox {
     }
 
     /// Move everything queued into `out` (the session then writes it without holding the
-    /// lock). Releases the queue's memory when it had grown, so a burst does not stay
-    /// resident in an idle session.
-    pub fn drain_into(&self, out: &mut Vec<Deliver>) {
+    /// lock) and return the pending kick, one lock for both. Releases the queue's memory when
+    /// it had grown, so a burst does not stay resident in an idle session.
+    pub fn drain_into(&self, out: &mut Vec<Deliver>) -> Option<Kick> {
         let mut m = self.lock();
         out.extend(m.queue.drain(..));
         if m.queue.capacity() > 16 {
             m.queue = VecDeque::new();
         }
+        m.kick
     }
 
     /// Refuse further deliveries (the session is ending).

@@ -98,11 +98,10 @@ impl Session<'_> {
             if let Err(e) = self.drain_parser().await {
                 return e;
             }
-            if let Some(k) = mailbox.kick_reason() {
+            // Everything queued goes out in one write, unless the session is being kicked.
+            if let Some(k) = mailbox.drain_into(&mut batch) {
                 return End::Error(k.condition(), None);
             }
-            // Everything queued goes out in one write.
-            mailbox.drain_into(&mut batch);
             for d in batch.drain(..) {
                 self.deliver(d);
             }

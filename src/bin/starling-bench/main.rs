@@ -137,20 +137,16 @@ struct IdleCmd {
     settle_secs: f64,
 }
 
+/// How the senders of a delivery scenario (chat, muc) send.
 #[derive(Args)]
-struct ChatCmd {
-    #[command(flatten)]
-    common: Common,
-    /// Sender/receiver pairs (2 × PAIRS sessions: accounts 2i send to 2i+1).
-    #[arg(long, default_value_t = 50)]
-    pairs: usize,
+struct Traffic {
     /// Seconds of sending (including the warm-up).
     #[arg(long, default_value_t = 10.0)]
     secs: f64,
-    /// Messages in flight per pair (sent, not yet received) at most.
+    /// Messages in flight per sender (sent, not yet received back) at most.
     #[arg(long, default_value_t = 16)]
     window: u64,
-    /// Fixed total rate in messages/s spread over the pairs (still capped by --window).
+    /// Fixed total rate in messages/s spread over the senders (still capped by --window).
     #[arg(long)]
     rate: Option<f64>,
     /// Seconds at the start excluded from the rate and latency figures.
@@ -162,6 +158,17 @@ struct ChatCmd {
     /// Extra body bytes per message.
     #[arg(long, default_value_t = 0)]
     body_pad: usize,
+}
+
+#[derive(Args)]
+struct ChatCmd {
+    #[command(flatten)]
+    common: Common,
+    /// Sender/receiver pairs (2 × PAIRS sessions: accounts 2i send to 2i+1).
+    #[arg(long, default_value_t = 50)]
+    pairs: usize,
+    #[command(flatten)]
+    traffic: Traffic,
 }
 
 #[derive(Args)]
@@ -198,24 +205,8 @@ struct MucCmd {
     /// Occupants 0 .. S-1 send.
     #[arg(long, default_value_t = 1)]
     senders: usize,
-    /// Seconds of sending (including the warm-up).
-    #[arg(long, default_value_t = 10.0)]
-    secs: f64,
-    /// Messages per sender sent but not yet reflected back to it, at most.
-    #[arg(long, default_value_t = 16)]
-    window: u64,
-    /// Fixed total send rate in messages/s over all senders (still capped by --window).
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Seconds at the start excluded from the rate and latency figures.
-    #[arg(long, default_value_t = 1.0)]
-    warmup_secs: f64,
-    /// Seconds to wait for stragglers after sending stops.
-    #[arg(long, default_value_t = 5.0)]
-    drain_secs: f64,
-    /// Extra body bytes per message.
-    #[arg(long, default_value_t = 0)]
-    body_pad: usize,
+    #[command(flatten)]
+    traffic: Traffic,
     /// Give up on the room creation, and on the joins, after this many seconds.
     #[arg(long, default_value_t = 300.0)]
     join_timeout: f64,
@@ -353,14 +344,14 @@ fn real_main(cli: Cli) -> Result<i32> {
             }
             let co = scenarios::chat::ChatOpts {
                 pairs: cmd.pairs,
-                secs: cmd.secs,
-                window: cmd.window,
-                rate: cmd.rate,
-                warmup: secs(cmd.warmup_secs, "--warmup-secs")?,
-                drain: secs(cmd.drain_secs, "--drain-secs")?,
-                body_pad: cmd.body_pad,
+                secs: cmd.traffic.secs,
+                window: cmd.traffic.window,
+                rate: cmd.traffic.rate,
+                warmup: secs(cmd.traffic.warmup_secs, "--warmup-secs")?,
+                drain: secs(cmd.traffic.drain_secs, "--drain-secs")?,
+                body_pad: cmd.traffic.body_pad,
             };
-            secs(cmd.secs, "--secs")?;
+            secs(cmd.traffic.secs, "--secs")?;
             let rt = runtime(cmd.common.threads)?;
             let r = rt.block_on(scenarios::chat::run(&opts, &co))?;
             finish(&r, cmd.common.json.as_ref())
@@ -381,7 +372,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         Command::Muc(cmd) => {
             prepare(&cmd.common, cmd.occupants);
             let opts = run_opts(&cmd.common, !cmd.common.no_presence)?;
-            secs(cmd.secs, "--secs")?;
+            secs(cmd.traffic.secs, "--secs")?;
             let domain = cmd.common.domain.trim().to_ascii_lowercase();
             let mo = scenarios::muc::MucOpts {
                 room: cmd.room.trim().to_string(),
@@ -391,12 +382,12 @@ fn real_main(cli: Cli) -> Result<i32> {
                     .unwrap_or_else(|| format!("conference.{domain}")),
                 occupants: cmd.occupants,
                 senders: cmd.senders,
-                secs: cmd.secs,
-                window: cmd.window,
-                rate: cmd.rate,
-                warmup: secs(cmd.warmup_secs, "--warmup-secs")?,
-                drain: secs(cmd.drain_secs, "--drain-secs")?,
-                body_pad: cmd.body_pad,
+                secs: cmd.traffic.secs,
+                window: cmd.traffic.window,
+                rate: cmd.traffic.rate,
+                warmup: secs(cmd.traffic.warmup_secs, "--warmup-secs")?,
+                drain: secs(cmd.traffic.drain_secs, "--drain-secs")?,
+                body_pad: cmd.traffic.body_pad,
                 join_timeout: secs(cmd.join_timeout, "--join-timeout")?,
             };
             let rt = runtime(cmd.common.threads)?;

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::{cpu_metrics, login_many, mib, ms, parse_body, Marks, Probe, RunOpts, Seen};
+use super::{cpu_metrics, login_many, mib, parse_body, Marks, Probe, RunOpts, Seen};
 use crate::client::{
     self, instant_at, now_ns, stanza_error_condition, stream_error_condition, CloseOutcome, Reader,
     Session,
@@ -633,14 +633,7 @@ pub async fn run(opts: &RunOpts, co: &ChatOpts) -> Result<Report> {
     );
 
     r.section("Latency (send → parsed by receiver, messages sent in the window)");
-    r.metric("latency_samples", "Samples", lat.count(), "");
-    r.metric("latency_min_ms", "min", ms(lat.min()), "ms");
-    r.metric("latency_p50_ms", "p50", ms(lat.quantile(0.5)), "ms");
-    r.metric("latency_p90_ms", "p90", ms(lat.quantile(0.9)), "ms");
-    r.metric("latency_p99_ms", "p99", ms(lat.quantile(0.99)), "ms");
-    r.metric("latency_p999_ms", "p99.9", ms(lat.quantile(0.999)), "ms");
-    r.metric("latency_max_ms", "max", ms(lat.max()), "ms");
-    r.metric("latency_mean_ms", "mean", lat.mean().map(|v| v / 1e6), "ms");
+    super::latency_metrics(&mut r, &lat);
 
     r.section("Delivery guarantees");
     r.metric(

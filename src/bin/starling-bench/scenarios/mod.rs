@@ -180,6 +180,18 @@ pub fn cpu_metrics(
     }
 }
 
+/// The latency rows every delivery scenario reports, under the same keys.
+pub fn latency_metrics(r: &mut Report, lat: &Histogram) {
+    r.metric("latency_samples", "Samples", lat.count(), "");
+    r.metric("latency_min_ms", "min", ms(lat.min()), "ms");
+    r.metric("latency_p50_ms", "p50", ms(lat.quantile(0.5)), "ms");
+    r.metric("latency_p90_ms", "p90", ms(lat.quantile(0.9)), "ms");
+    r.metric("latency_p99_ms", "p99", ms(lat.quantile(0.99)), "ms");
+    r.metric("latency_p999_ms", "p99.9", ms(lat.quantile(0.999)), "ms");
+    r.metric("latency_max_ms", "max", ms(lat.max()), "ms");
+    r.metric("latency_mean_ms", "mean", lat.mean().map(|v| v / 1e6), "ms");
+}
+
 pub fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }

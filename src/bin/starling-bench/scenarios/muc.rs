@@ -1327,14 +1327,7 @@ pub async fn run(opts: &RunOpts, mo: &MucOpts) -> Result<Report> {
     );
 
     r.section("Latency (send → parsed by each occupant, messages sent in the window)");
-    r.metric("latency_samples", "Samples", lat.count(), "");
-    r.metric("latency_min_ms", "min", ms(lat.min()), "ms");
-    r.metric("latency_p50_ms", "p50", ms(lat.quantile(0.5)), "ms");
-    r.metric("latency_p90_ms", "p90", ms(lat.quantile(0.9)), "ms");
-    r.metric("latency_p99_ms", "p99", ms(lat.quantile(0.99)), "ms");
-    r.metric("latency_p999_ms", "p99.9", ms(lat.quantile(0.999)), "ms");
-    r.metric("latency_max_ms", "max", ms(lat.max()), "ms");
-    r.metric("latency_mean_ms", "mean", lat.mean().map(|v| v / 1e6), "ms");
+    super::latency_metrics(&mut r, &lat);
 
     r.section("Delivery guarantees");
     // Not applicable (null, exit status 1 rather than 2) when no message was sent.
