@@ -170,12 +170,39 @@ async fn connect_sqlite(rest: &str) -> Result<SqlitePool, StorageError> {
             .connect_with(opts)
             .await?
     } else {
-        SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await?
+        // Switching a fresh file to WAL needs an exclusive lock, and SQLite returns
+        // SQLITE_BUSY for it without running the busy handler: processes (or pools) opening
+        // a new database together can fail here. The switch is persistent, so once one of
+        // them has made it the others go through; retry for about the busy timeout.
+        let mut attempt = 0u32;
+        loop {
+            match SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(opts.clone())
+                .await
+            {
+                Ok(pool) => break pool,
+                Err(e) if sqlite_busy(&e) && attempt < 100 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt.min(10))))
+                        .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     };
     Ok(pool)
+}
+
+/// SQLITE_BUSY, whatever its extended code (the primary code is the low byte).
+fn sqlite_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<u32>().ok())
+            .is_some_and(|c| c & 0xff == 5),
+        _ => false,
+    }
 }
 
 async fn connect_postgres(url: &str) -> Result<PgPool, StorageError> {
