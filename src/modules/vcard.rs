@@ -50,15 +50,16 @@ impl Module for VCardModule {
 }
 
 async fn get(req: &IqRequest<'_>, user: (&str, &str)) -> Result<Option<Element>, StanzaError> {
-    // §3.1: the owner's own missing vCard is item-not-found; §3.3 (1.3.0): for someone else's,
-    // service-unavailable whether the vCard or the whole account is missing (no harvesting).
-    let missing = if req.is_self() {
-        Condition::ItemNotFound
-    } else {
-        Condition::ServiceUnavailable
-    };
     let Some(stored) = req.server.storage.vcard().get(user).await? else {
-        return Err(StanzaError::new(missing));
+        // §3.1 allows item-not-found or an empty vCard for the owner's own missing vCard; the
+        // empty vCard (ejabberd's answer) is what read-modify-write clients such as slixmpp's
+        // XEP-0153 avatar setter expect. §3.3 (1.3.0) requires service-unavailable for
+        // someone else's, whether the vCard or the whole account is missing (no harvesting).
+        return if req.is_self() {
+            Ok(Some(Element::builder("vCard", NS).build()))
+        } else {
+            Err(StanzaError::new(Condition::ServiceUnavailable))
+        };
     };
     let el: Element = stored
         .xml
