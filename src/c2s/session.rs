@@ -299,7 +299,7 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
     }
     if !is_request {
         // Results/errors for the server or a bare JID end here (after XEP-0357's look).
-        crate::push::on_iq_response(ctx.server, ctx.jid, &target, st);
+        crate::push::on_iq_response(ctx.server, ctx.jid, &target, st).await;
         return Ok(());
     }
     let el = st.element()?;

@@ -63,8 +63,9 @@ impl Pending {
 
 /// An IQ result or error addressed to an account's bare JID (or the server): if it answers
 /// one of our publishes, from the service it went to, settle it. Called by the IQ routing for
-/// every such response; only a hash lookup unless it matches.
-pub fn on_iq_response(server: &Arc<ServerState>, responder: &FullJid, to: &Jid, st: &Stanza) {
+/// every such response; only a hash lookup unless it matches. An error is settled before this
+/// returns (the registration is disabled), so the push service's next stanza sees it done.
+pub async fn on_iq_response(server: &Arc<ServerState>, responder: &FullJid, to: &Jid, st: &Stanza) {
     let Some(id) = st.id.as_deref() else { return };
     let entry = {
         let mut m = server.push.pending.lock();
@@ -92,28 +93,25 @@ pub fn on_iq_response(server: &Arc<ServerState>, responder: &FullJid, to: &Jid, 
         tracing::debug!(service = %entry.service, "push service busy; registration kept");
         return;
     }
-    let server = server.clone();
-    tokio::spawn(async move {
-        let Ok(user) = jid::BareJid::new(&entry.user) else {
-            return;
-        };
-        let Some(node) = user.node() else { return };
-        let user_ref = (user.domain().as_str(), node.as_str());
-        match server
-            .storage
-            .push()
-            .disable(user_ref, &entry.service, Some(&entry.node))
-            .await
-        {
-            Ok(_) => tracing::info!(
-                user = %entry.user,
-                service = %entry.service,
-                "push service answered with an error; registration disabled"
-            ),
-            Err(e) => tracing::error!(error = %e, "cannot disable push registration"),
-        }
-        server
-            .push
-            .forget(&entry.user, &entry.service, Some(&entry.node));
-    });
+    let Ok(user) = jid::BareJid::new(&entry.user) else {
+        return;
+    };
+    let Some(node) = user.node() else { return };
+    let user_ref = (user.domain().as_str(), node.as_str());
+    match server
+        .storage
+        .push()
+        .disable(user_ref, &entry.service, Some(&entry.node))
+        .await
+    {
+        Ok(_) => tracing::info!(
+            user = %entry.user,
+            service = %entry.service,
+            "push service answered with an error; registration disabled"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot disable push registration"),
+    }
+    server
+        .push
+        .forget(&entry.user, &entry.service, Some(&entry.node));
 }
