@@ -43,6 +43,10 @@ pub struct Config {
     pub auth: Auth,
     pub server_info: ServerInfo,
     pub log: Log,
+    pub vcard: VCard,
+    pub private_storage: PrivateStorage,
+    pub extdisco: ExtDisco,
+    pub push: Push,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +172,135 @@ impl Default for Config {
             auth: Auth::default(),
             server_info: ServerInfo::default(),
             log: Log::default(),
+            vcard: VCard::default(),
+            private_storage: PrivateStorage::default(),
+            extdisco: ExtDisco::default(),
+            push: Push::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VCard {
+    /// XEP-0054: largest vCard accepted, bytes (photos included); larger sets are refused.
+    pub max_bytes: usize,
+}
+
+impl Default for VCard {
+    fn default() -> Self {
+        VCard {
+            max_bytes: 128 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivateStorage {
+    /// XEP-0049: largest element stored, bytes.
+    pub max_bytes: usize,
+    /// XEP-0049: most distinct (namespace, element) entries per account.
+    pub max_entries: u32,
+}
+
+impl Default for PrivateStorage {
+    fn default() -> Self {
+        PrivateStorage {
+            max_bytes: 64 * 1024,
+            max_entries: 100,
+        }
+    }
+}
+
+/// XEP-0215 external services (STUN/TURN) offered to clients. None configured: the feature
+/// is not advertised.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtDisco {
+    /// Shared secret for TURN REST API credentials (coturn's `static-auth-secret`).
+    pub secret: Secret,
+    /// Lifetime of generated credentials, seconds.
+    pub ttl_secs: u64,
+    pub services: Vec<ExternalService>,
+}
+
+impl Default for ExtDisco {
+    fn default() -> Self {
+        ExtDisco {
+            secret: Secret::default(),
+            ttl_secs: 86400,
+            services: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalService {
+    /// Registered service type: "stun", "turn", "stuns", "turns", ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    pub port: u16,
+    /// "udp" or "tcp".
+    #[serde(default)]
+    pub transport: String,
+    /// Human-readable name.
+    #[serde(default)]
+    pub name: String,
+    /// Needs credentials: they are derived from `extdisco.secret` for each request.
+    #[serde(default)]
+    pub restricted: bool,
+}
+
+/// A secret configuration value: never printed by `Debug`, so it cannot reach a log line.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Push {
+    /// XEP-0357: include the message body in notifications (privacy: off, like Prosody).
+    pub include_body: bool,
+    /// Include the sender's JID in notifications (privacy: off, like Prosody).
+    pub include_sender: bool,
+    /// At most one notification per registration in this many seconds; messages in between
+    /// are coalesced into the next one (its message-count says how many).
+    pub min_interval_secs: u64,
+    /// Most push registrations per account.
+    pub max_registrations: u32,
+    /// How long a notification's reply is awaited (an error reply disables the registration).
+    pub response_timeout_secs: u64,
+    /// Most notifications awaiting a reply, server-wide; beyond it replies are not tracked.
+    pub max_pending: usize,
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        Push {
+            include_body: false,
+            include_sender: false,
+            min_interval_secs: 2,
+            max_registrations: 16,
+            response_timeout_secs: 60,
+            max_pending: 10_000,
         }
     }
 }
@@ -310,6 +443,17 @@ impl Config {
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls: set both cert and key, or neither".into());
         }
+        for svc in &self.extdisco.services {
+            if svc.kind.is_empty() || svc.host.is_empty() {
+                return bad("extdisco.services: every service needs a type and a host".into());
+            }
+            if svc.restricted && self.extdisco.secret.is_empty() {
+                return bad(format!(
+                    "extdisco.services: {} is restricted but extdisco.secret is empty",
+                    svc.host
+                ));
+            }
+        }
         let url = self.database_url();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -433,6 +577,19 @@ mod tests {
         let c = Config::from_parts(include_str!("../starling.example.toml"), env(&[])).unwrap();
         let d = Config::from_parts("", env(&[])).unwrap();
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    /// The TURN secret never shows in Debug output (which logs and `check-config` may print),
+    /// and a restricted service without a secret is refused.
+    #[test]
+    fn extdisco_secret_is_hidden() {
+        let text = "[extdisco]\nsecret = \"hunter2\"\n[[extdisco.services]]\n\
+                    type = \"turn\"\nhost = \"t.example\"\nport = 3478\nrestricted = true\n";
+        let c = Config::from_parts(text, env(&[])).unwrap();
+        assert_eq!(c.extdisco.secret.expose(), "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let no_secret = text.replace("secret = \"hunter2\"", "");
+        assert!(Config::from_parts(&no_secret, env(&[])).is_err());
     }
 
     #[test]

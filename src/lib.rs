@@ -10,6 +10,7 @@ pub mod message;
 pub mod modules;
 pub mod offline;
 pub mod presence;
+pub mod push;
 pub mod roster;
 pub mod router;
 pub mod sasl;

@@ -61,7 +61,7 @@ pub async fn store_or_bounce(ctx: &Ctx<'_>, st: &Stanza, to: &BareJid, out: &mut
         bytes: ctx.server.config.offline.max_bytes,
     };
     match storage.offline().store(user, &text, stamp, cap).await {
-        Ok(true) => {}
+        Ok(true) => crate::push::on_offline_message(ctx.server, to, &el),
         Ok(false) => bounce(
             out,
             st,

@@ -298,7 +298,9 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
         return Ok(());
     }
     if !is_request {
-        return Ok(()); // results/errors for the server or a bare JID end here
+        // Results/errors for the server or a bare JID end here (after XEP-0357's look).
+        crate::push::on_iq_response(ctx.server, ctx.jid, &target, st).await;
+        return Ok(());
     }
     let el = st.element()?;
     let mut children = el.children();

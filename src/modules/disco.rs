@@ -92,7 +92,12 @@ pub fn server_info_element(server: &crate::server::ServerState) -> Element {
         q,
         modules
             .iter()
-            .flat_map(|m| m.server_features().iter().copied()),
+            .flat_map(|m| m.server_features().iter().copied())
+            .chain(
+                modules
+                    .iter()
+                    .flat_map(|m| m.configured_server_features(server)),
+            ),
     );
     for m in modules {
         for form in m.server_info_forms(server) {

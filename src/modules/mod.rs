@@ -14,11 +14,14 @@ use crate::server::ServerState;
 use crate::stanza::StanzaError;
 
 pub mod disco;
+pub mod extdisco;
 pub mod last;
 pub mod ping;
+pub mod private;
 pub mod register;
 pub mod session;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 /// Who an IQ is addressed to.
@@ -65,6 +68,11 @@ pub trait Module: Send + Sync + 'static {
     /// Features listed in the server's disco#info.
     fn server_features(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// Server features that depend on the configuration (e.g. XEP-0215 only when services are
+    /// configured), listed next to [`Module::server_features`].
+    fn configured_server_features(&self, _server: &ServerState) -> Vec<&'static str> {
+        Vec::new()
     }
     /// Features listed in an account's disco#info.
     fn account_features(&self) -> &'static [&'static str] {
@@ -137,6 +145,10 @@ impl Modules {
         m.add(Arc::new(crate::offline::OfflineModule));
         m.add(Arc::new(disco::ContactAddresses));
         m.add(Arc::new(disco::ServerCaps));
+        m.add(Arc::new(vcard::VCardModule));
+        m.add(Arc::new(private::PrivateStorage));
+        m.add(Arc::new(extdisco::ExternalServices));
+        m.add(Arc::new(crate::push::PushModule));
         m
     }
 }

@@ -6,6 +6,8 @@
 //! - [`accounts`]: accounts, SCRAM credentials, last activity (XEP-0012).
 //! - [`roster`]: roster items with groups, versions (XEP-0237), pending inbound subscriptions.
 //! - [`offline`]: offline message queue with a per-user cap.
+//! - [`vcard`], [`private`], [`push`]: XEP-0054 vCards, XEP-0049 private XML, XEP-0357 push
+//!   registrations.
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -26,9 +28,15 @@ mod accounts;
 mod migrate;
 mod offline;
 pub use offline::OfflineCap;
+mod private;
+mod push;
+pub use private::PrivateXml;
+pub use push::{PushRegistration, PushRegistrations};
 mod roster;
 #[cfg(test)]
 mod tests;
+mod vcard;
+pub use vcard::{StoredVCard, VCards};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -108,6 +116,18 @@ impl Storage {
     }
     pub fn offline(&self) -> Offline<'_> {
         Offline { s: self }
+    }
+    /// XEP-0054 vCards (also the XEP-0153 photo hash, for avatar consumers).
+    pub fn vcard(&self) -> VCards<'_> {
+        VCards { s: self }
+    }
+    /// XEP-0049 private XML storage.
+    pub fn private_xml(&self) -> PrivateXml<'_> {
+        PrivateXml { s: self }
+    }
+    /// XEP-0357 push registrations.
+    pub fn push(&self) -> PushRegistrations<'_> {
+        PushRegistrations { s: self }
     }
 }
 
