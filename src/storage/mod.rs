@@ -6,6 +6,7 @@
 //! - [`accounts`]: accounts, SCRAM credentials, last activity (XEP-0012).
 //! - [`roster`]: roster items with groups, versions (XEP-0237), pending inbound subscriptions.
 //! - [`offline`]: offline message queue with a per-user cap.
+//! - [`blocking`]: XEP-0191 blocklists.
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -23,6 +24,7 @@ use sqlx::Row;
 use crate::sasl::{HashAlg, ScramCredential};
 
 mod accounts;
+mod blocking;
 mod migrate;
 mod offline;
 pub use offline::OfflineCap;
@@ -108,6 +110,9 @@ impl Storage {
     }
     pub fn offline(&self) -> Offline<'_> {
         Offline { s: self }
+    }
+    pub fn blocklist(&self) -> Blocklist<'_> {
+        Blocklist { s: self }
     }
 }
 
@@ -269,6 +274,10 @@ pub struct OfflineMessage {
 }
 
 pub struct Offline<'a> {
+    s: &'a Storage,
+}
+
+pub struct Blocklist<'a> {
     s: &'a Storage,
 }
 
