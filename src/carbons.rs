@@ -210,4 +210,42 @@ mod tests {
             .unwrap();
         assert_eq!(inner.get_child("body", NS_CLIENT).unwrap().text(), "<hi");
     }
+
+    /// Who counts as having received a bare-JID message (and so gets no `<received/>` copy):
+    /// exactly the resources RFC 6121 delivery picks.
+    #[test]
+    fn opted_in_marks_the_bare_jid_recipients() {
+        use crate::router::{Router, SessionHandle};
+        let ctx = std::sync::Arc::new(crate::xml::NsContext {
+            default_ns: Some(NS_CLIENT.into()),
+            prefixes: Vec::new(),
+        });
+        let pres = || Stanza::parse(Bytes::from_static(b"<presence/>"), ctx.clone()).unwrap();
+        let r = Router::new();
+        assert!(r.opted_in("u@x", opt_in::CARBONS).is_empty());
+        for (name, prio, carbons) in [
+            ("top", Some(5), true),
+            ("low", Some(1), true),
+            ("off", Some(5), false),
+            ("silent", None, true),
+        ] {
+            let h = SessionHandle::new(r.next_session_id(), 8);
+            h.set_opt_in(opt_in::CARBONS, carbons);
+            r.bind("u@x", name, h.clone(), 8).unwrap();
+            r.set_presence("u@x", name, h.id, prio.map(|p| (p, pres())));
+        }
+        let mut got: Vec<(String, bool)> = r
+            .opted_in("u@x", opt_in::CARBONS)
+            .into_iter()
+            .map(|o| (o.resource, o.gets_bare_messages))
+            .collect();
+        got.sort();
+        let want = [("low", false), ("silent", false), ("top", true)];
+        assert_eq!(
+            got,
+            want.map(|(n, b)| (n.to_string(), b)).to_vec(),
+            "only opted-in resources, flagged when they get bare-JID messages"
+        );
+        assert!(r.opted_in("u@x", opt_in::BLOCKLIST).is_empty());
+    }
 }

@@ -51,10 +51,14 @@ impl BlockCache {
         }
     }
 
-    /// The user went offline.
-    pub fn evict(&self, bare: &str) {
+    /// The user's last resource went away. Under the user's lock, so a fill that began
+    /// while the user was online cannot re-insert the entry after this (fills insert only
+    /// while the user is online, checked under the same lock).
+    pub async fn evict(&self, bare: &BareJid) {
+        let Some(user) = user_of(bare) else { return };
+        let _guard = self.locks.lock(user).await;
         let mut map = self.lists.write().unwrap_or_else(|e| e.into_inner());
-        map.remove(bare);
+        map.remove(bare.as_str());
     }
 }
 
@@ -89,17 +93,33 @@ pub async fn list_of(server: &ServerState, bare: &BareJid) -> Result<List, Stora
     Ok(list)
 }
 
-/// §5 JID matching: full JID, bare JID, domain/resource, domain.
-pub fn matches(list: &HashSet<String>, j: &Jid) -> bool {
+/// §5 JID matching: full JID, bare JID, domain/resource, domain. `jid` is a normalized JID
+/// string (as the jid crate prints it), split here without allocating: the hot path calls
+/// this for every routed stanza whose parties have a non-empty list.
+pub fn matches(list: &HashSet<String>, jid: &str) -> bool {
     if list.is_empty() {
         return false;
     }
-    if list.contains(j.as_str()) || list.contains(j.domain().as_str()) {
+    if list.contains(jid) {
         return true;
     }
-    // A full JID also matches its bare JID; `domain/resource` items only match themselves,
-    // which the exact lookup above covered.
-    j.node().is_some() && j.resource().is_some() && list.contains(j.to_bare().as_str())
+    // Neither a localpart nor a domain contains '/', so the first one starts the resource.
+    let (bare, resource) = match jid.split_once('/') {
+        Some((b, r)) => (b, Some(r)),
+        None => (jid, None),
+    };
+    let (node, domain) = match bare.split_once('@') {
+        Some((n, d)) => (Some(n), d),
+        None => (None, bare),
+    };
+    // A full JID also matches its bare JID; `domain/resource` entries only match themselves,
+    // which the exact lookup covered.
+    list.contains(domain) || (node.is_some() && resource.is_some() && list.contains(bare))
+}
+
+/// The bare part of a normalized JID string.
+fn bare_part(jid: &str) -> &str {
+    jid.split_once('/').map_or(jid, |(b, _)| b)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +149,8 @@ fn exempt_outbound(st: &Stanza) -> bool {
     st.name == "presence" && matches!(st.type_.as_deref(), Some("unsubscribe" | "unsubscribed"))
 }
 
-fn decide(sender: &List, recipient: Option<&List>, from: &Jid, st: &Stanza, to: &Jid) -> Verdict {
-    if !exempt_outbound(st) && matches(sender, to) {
+fn decide(sender: &List, recipient: Option<&List>, from: &str, st: &Stanza, to: &Jid) -> Verdict {
+    if !exempt_outbound(st) && matches(sender, to.as_str()) {
         Verdict::Outbound
     } else if recipient.is_some_and(|l| matches(l, from)) {
         Verdict::Inbound
@@ -140,21 +160,26 @@ fn decide(sender: &List, recipient: Option<&List>, from: &Jid, st: &Stanza, to: 
 }
 
 /// The verdict from the cache alone; None when a list must be loaded first.
-fn cached(ctx: &Ctx<'_>, st: &Stanza, to: &Jid, to_bare: &BareJid) -> Option<Verdict> {
+fn cached(ctx: &Ctx<'_>, st: &Stanza, to: &Jid, to_bare: &str) -> Option<Verdict> {
     let cache = &ctx.server.blocklists;
     let sender = cache.get(ctx.bare.as_str())?;
-    let from = Jid::from(ctx.jid.clone());
     let local = ctx.server.serves(to.domain().as_str());
-    let recipient = match cache.get(to_bare.as_str()) {
+    let recipient = match cache.get(to_bare) {
         Some(l) => Some(l),
         None if !local => None,
-        None if ctx.server.router.is_online(to_bare.as_str()) || kept_offline(st) => return None,
+        None if ctx.server.router.is_online(to_bare) || kept_offline(st) => return None,
         None => None, // offline and dropped anyway: no need to look
     };
-    Some(decide(&sender, recipient.as_ref(), &from, st, to))
+    Some(decide(
+        &sender,
+        recipient.as_ref(),
+        ctx.jid.as_str(),
+        st,
+        to,
+    ))
 }
 
-async fn loaded(ctx: &Ctx<'_>, st: &Stanza, to: &Jid, to_bare: &BareJid) -> Verdict {
+async fn loaded(ctx: &Ctx<'_>, st: &Stanza, to: &Jid) -> Verdict {
     let server = ctx.server;
     let load = |j: BareJid| async move {
         list_of(server, &j).await.unwrap_or_else(|e| {
@@ -164,30 +189,24 @@ async fn loaded(ctx: &Ctx<'_>, st: &Stanza, to: &Jid, to_bare: &BareJid) -> Verd
     };
     let sender = load(ctx.bare.clone()).await;
     let recipient = if server.serves(to.domain().as_str()) {
-        Some(load(to_bare.clone()).await)
+        Some(load(to.to_bare()).await)
     } else {
         None
     };
-    decide(
-        &sender,
-        recipient.as_ref(),
-        &Jid::from(ctx.jid.clone()),
-        st,
-        to,
-    )
+    decide(&sender, recipient.as_ref(), ctx.jid.as_str(), st, to)
 }
 
 /// XEP-0191 check for a stanza a local session sends to `to`. True when it must not be
 /// routed; the error reply, if the rules call for one, is already in `out`.
 pub async fn intercept(ctx: &Ctx<'_>, st: &Stanza, to: &Jid, out: &mut BytesMut) -> bool {
-    let to_bare = to.to_bare();
-    if to.node().is_none() || to_bare == *ctx.bare {
+    let to_bare = bare_part(to.as_str());
+    if to.node().is_none() || to_bare == ctx.bare.as_str() {
         return false;
     }
-    let verdict = match cached(ctx, st, to, &to_bare) {
+    let verdict = match cached(ctx, st, to, to_bare) {
         Some(v) => v,
         // Boxed: loading is rare, and inline its state would enlarge every caller's future.
-        None => Box::pin(loaded(ctx, st, to, &to_bare)).await,
+        None => Box::pin(loaded(ctx, st, to)).await,
     };
     let t = st.type_.as_deref();
     match verdict {
@@ -233,13 +252,13 @@ fn refuse_blocked(ctx: &Ctx<'_>, st: &Stanza, out: &mut BytesMut) {
 /// consulted only when cached: a contact who is not online gets nothing anyway.
 pub async fn presence_blocked(ctx: &Ctx<'_>, contact: &BareJid) -> bool {
     let own = own_list(ctx).await;
-    if !own.is_empty() && matches(&own, &Jid::from(contact.clone())) {
+    if matches(&own, contact.as_str()) {
         return true;
     }
     ctx.server
         .blocklists
         .get(contact.as_str())
-        .is_some_and(|l| !l.is_empty() && matches(&l, &Jid::from(ctx.jid.clone())))
+        .is_some_and(|l| matches(&l, ctx.jid.as_str()))
 }
 
 /// The session's own list (cached from its first use on).
@@ -258,7 +277,7 @@ async fn own_list(ctx: &Ctx<'_>) -> List {
 /// Whether a stored subscription request comes from a JID the user blocks.
 pub async fn blocked_request(ctx: &Ctx<'_>, from: &str) -> bool {
     let own = own_list(ctx).await;
-    !own.is_empty() && Jid::new(from).is_ok_and(|j| matches(&own, &j))
+    !own.is_empty() && Jid::new(from).is_ok_and(|j| matches(&own, j.as_str()))
 }
 
 #[cfg(test)]
@@ -269,8 +288,8 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    fn j(s: &str) -> Jid {
-        Jid::new(s).unwrap()
+    fn j(s: &str) -> String {
+        Jid::new(s).unwrap().as_str().to_string()
     }
 
     #[test]

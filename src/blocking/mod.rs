@@ -196,7 +196,7 @@ async fn affected(
         jids.iter().map(|j| j.as_str().to_string()).collect();
     contacts
         .iter()
-        .filter(|(c, _)| filter::matches(&set, &Jid::from(c.clone())))
+        .filter(|(c, _)| filter::matches(&set, c.as_str()))
         .cloned()
         .collect()
 }

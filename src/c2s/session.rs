@@ -252,7 +252,7 @@ impl Session<'_> {
         if !state.router.is_online(self.bare.as_str()) {
             // The cache holds online users only; it is refilled on the next login.
             state.contacts.invalidate(ctx_user(&self.bare));
-            state.blocklists.evict(self.bare.as_str());
+            state.blocklists.evict(&self.bare).await;
         }
     }
 }
