@@ -120,6 +120,8 @@ pub struct LimitsConfig {
     /// Most addresses one session tracks for directed presence (RFC 6121 §4.6); beyond it,
     /// directed presence is still delivered but not revoked automatically at logout.
     pub max_directed_presences: usize,
+    /// Most JIDs in one XEP-0191 blocklist (beyond it a block gets `<resource-constraint/>`).
+    pub max_blocklist_items: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -339,6 +341,7 @@ impl Default for LimitsConfig {
             max_resources: 32,
             max_roster_items: 5000,
             max_directed_presences: 1000,
+            max_blocklist_items: 1000,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! sessions, `router` holds the session registry, `roster`/`presence`/`message`/`offline`
 //! implement RFC 6121, `modules` holds IQ handlers that declare their namespaces and disco
 //! features, `storage` persists per domain over SQLite or PostgreSQL.
+pub mod blocking;
 pub mod c2s;
+pub mod carbons;
 pub mod config;
 pub mod message;
 pub mod modules;

@@ -5,6 +5,7 @@ use bytes::BytesMut;
 use jid::Jid;
 
 use crate::c2s::session::{bounce, Ctx};
+use crate::carbons::Delivered;
 use crate::router::Deliver;
 use crate::stanza::{Condition, StanzaError};
 use crate::xml::Stanza;
@@ -31,12 +32,15 @@ pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut Byt
     if target.node().is_none() {
         return; // addressed to the server itself: nothing here consumes messages yet
     }
+    if crate::blocking::intercept(ctx, st, &target, out).await {
+        return; // XEP-0191: refused or dropped, the error (if any) is in `out`
+    }
     let router = &ctx.server.router;
     let bare = target.to_bare();
     let bytes = st.rewrite(Some(ctx.jid.as_str()), None);
     if let Some(r) = target.resource() {
         if router.send_full(bare.as_str(), r.as_str(), Deliver::Bytes(bytes.clone())) {
-            return;
+            return crate::carbons::copy(ctx, st, kind, &bare, Delivered::Full(r.as_str()));
         }
         // §8.5.3.2.1: no such resource.
         match kind {
@@ -69,6 +73,7 @@ pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut Byt
                 // session's future would reserve room for it.
                 Box::pin(crate::offline::store_or_bounce(ctx, st, &bare, out)).await;
             }
+            crate::carbons::copy(ctx, st, kind, &bare, Delivered::Bare);
         }
     }
 }

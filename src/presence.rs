@@ -30,6 +30,11 @@ pub async fn outbound(
     to: Option<Jid>,
     out: &mut BytesMut,
 ) {
+    if let Some(t) = &to {
+        if crate::blocking::intercept(ctx, st, t, out).await {
+            return; // XEP-0191: refused or dropped, the error (if any) is in `out`
+        }
+    }
     match st.type_.as_deref() {
         None | Some("unavailable") => match to {
             Some(to) => directed(ctx, ps, st, to),
@@ -159,7 +164,10 @@ async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut
     }
     let roster = contacts(ctx).await;
     for (contact, sub) in roster.iter() {
-        if has_from(*sub) && ctx.server.serves(contact.domain().as_str()) {
+        if has_from(*sub)
+            && ctx.server.serves(contact.domain().as_str())
+            && !crate::blocking::presence_blocked(ctx, contact).await
+        {
             let bytes = st.rewrite(Some(ctx.jid.as_str()), Some(contact.as_str()));
             router.send_available(contact.as_str(), &Deliver::Bytes(bytes));
         }
@@ -186,7 +194,7 @@ async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut
         }
         // §4.2.3 probes, answered locally from the registry: contacts' current presence.
         for (contact, sub) in roster.iter() {
-            if !has_to(*sub) {
+            if !has_to(*sub) || crate::blocking::presence_blocked(ctx, contact).await {
                 continue;
             }
             for r in router.resources(contact.as_str()) {
@@ -214,7 +222,10 @@ async fn deliver_pending_subscriptions(ctx: &Ctx<'_>, out: &mut BytesMut) {
         .await
     {
         Ok(list) => {
-            for (_, stanza) in list {
+            for (contact, stanza) in list {
+                if crate::blocking::blocked_request(ctx, &contact).await {
+                    continue; // XEP-0191: never delivered, kept in case of an unblock
+                }
                 out.extend_from_slice(stanza.as_bytes());
             }
         }

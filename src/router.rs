@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::Notify;
 
@@ -68,6 +68,17 @@ pub struct Mailbox {
     cap: usize,
     /// Set once the client has requested its roster (RFC 6121 §2.1.6 "interested resource").
     pub interested: AtomicBool,
+    /// Per-session opt-ins set by IQ handlers ([`opt_in`] bits), read on the hot path with
+    /// one atomic load.
+    pub opt_in: AtomicU8,
+}
+
+/// Bits of [`Mailbox::opt_in`].
+pub mod opt_in {
+    /// XEP-0280: the session enabled Message Carbons.
+    pub const CARBONS: u8 = 1 << 0;
+    /// XEP-0191: the session requested the blocklist (it gets block/unblock pushes).
+    pub const BLOCKLIST: u8 = 1 << 1;
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +96,7 @@ impl Mailbox {
             kicked: Notify::new(),
             cap: cap.max(1),
             interested: AtomicBool::new(false),
+            opt_in: AtomicU8::new(0),
         }
     }
 
@@ -192,6 +204,28 @@ impl SessionHandle {
     pub fn set_interested(&self) {
         self.mailbox.interested.store(true, Ordering::Relaxed)
     }
+
+    /// Whether the session opted into `flag` (an [`opt_in`] bit).
+    pub fn opted_in(&self, flag: u8) -> bool {
+        self.mailbox.opt_in.load(Ordering::Relaxed) & flag != 0
+    }
+
+    pub fn set_opt_in(&self, flag: u8, on: bool) {
+        if on {
+            self.mailbox.opt_in.fetch_or(flag, Ordering::Relaxed);
+        } else {
+            self.mailbox.opt_in.fetch_and(!flag, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A resource that opted into something, as returned by [`Router::opted_in`].
+#[derive(Debug, Clone)]
+pub struct OptedIn {
+    pub resource: String,
+    pub handle: SessionHandle,
+    /// Whether a message to the bare JID would reach it now (RFC 6121 §8.5.2.1.1).
+    pub gets_bare_messages: bool,
 }
 
 /// One bound resource.
@@ -351,6 +385,31 @@ impl Router {
             .iter()
             .filter(|h| h.send(Deliver::Bytes(bytes.clone())))
             .count()
+    }
+
+    /// The account's resources that opted into `flag`; empty (no allocation) when none did,
+    /// which is the common case the hot path checks first.
+    pub fn opted_in(&self, bare: &str, flag: u8) -> Vec<OptedIn> {
+        let users = self.read();
+        let Some(list) = users.get(bare) else {
+            return Vec::new();
+        };
+        if !list.iter().any(|r| r.handle.opted_in(flag)) {
+            return Vec::new();
+        }
+        let best = list
+            .iter()
+            .filter(|r| r.presence.is_some() && r.priority >= 0)
+            .map(|r| r.priority)
+            .max();
+        list.iter()
+            .filter(|r| r.handle.opted_in(flag))
+            .map(|r| OptedIn {
+                resource: r.resource.clone(),
+                handle: r.handle.clone(),
+                gets_bare_messages: r.presence.is_some() && Some(r.priority) == best,
+            })
+            .collect()
     }
 
     /// Deliver to every available resource (presence to a bare JID, RFC 6121 §8.5.2.1.2).

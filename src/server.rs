@@ -37,6 +37,8 @@ pub struct ServerState {
     pub contacts: crate::roster::ContactCache,
     /// XEP-0357 push: coalescing windows and publishes awaiting a reply.
     pub push: crate::push::PushState,
+    /// XEP-0191 blocklists of online users (stanza routing without a database query).
+    pub blocklists: crate::blocking::BlockCache,
 }
 
 impl ServerState {
@@ -98,6 +100,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         roster_locks: Default::default(),
         contacts: Default::default(),
         push: Default::default(),
+        blocklists: Default::default(),
         domains,
         storage,
         router: Router::new(),

@@ -252,6 +252,7 @@ impl Session<'_> {
         if !state.router.is_online(self.bare.as_str()) {
             // The cache holds online users only; it is refilled on the next login.
             state.contacts.invalidate(ctx_user(&self.bare));
+            state.blocklists.evict(&self.bare).await;
         }
     }
 }
@@ -277,6 +278,9 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
             );
         }
         return Ok(());
+    }
+    if crate::blocking::intercept(ctx, st, &target, out).await {
+        return Ok(()); // XEP-0191: refused or dropped, the error (if any) is in `out`
     }
     if let Some(resource) = target.resource() {
         // To a full JID: route to that resource, or answer for it (RFC 6121 §8.5.3.2.1).

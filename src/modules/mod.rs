@@ -143,6 +143,8 @@ impl Modules {
         m.add(Arc::new(session::LegacySession));
         m.add(Arc::new(crate::roster::RosterModule));
         m.add(Arc::new(crate::offline::OfflineModule));
+        m.add(Arc::new(crate::carbons::CarbonsModule));
+        m.add(Arc::new(crate::blocking::BlockingModule));
         m.add(Arc::new(disco::ContactAddresses));
         m.add(Arc::new(disco::ServerCaps));
         m.add(Arc::new(vcard::VCardModule));

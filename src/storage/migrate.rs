@@ -27,6 +27,9 @@ pub(super) const SQLITE: &[Migration] = &[
         version: 5,
         name: "vcard_private_push",
         sql: include_str!("../../migrations/sqlite/0005_vcard_private_push.sql"),
+        version: 3,
+        name: "blocking",
+        sql: include_str!("../../migrations/sqlite/0003_blocking.sql"),
     },
 ];
 
@@ -40,6 +43,9 @@ pub(super) const POSTGRES: &[Migration] = &[
         version: 5,
         name: "vcard_private_push",
         sql: include_str!("../../migrations/postgres/0005_vcard_private_push.sql"),
+        version: 3,
+        name: "blocking",
+        sql: include_str!("../../migrations/postgres/0003_blocking.sql"),
     },
 ];
 

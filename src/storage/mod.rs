@@ -8,6 +8,7 @@
 //! - [`offline`]: offline message queue with a per-user cap.
 //! - [`vcard`], [`private`], [`push`]: XEP-0054 vCards, XEP-0049 private XML, XEP-0357 push
 //!   registrations.
+//! - [`blocking`]: XEP-0191 blocklists.
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -25,6 +26,7 @@ use sqlx::Row;
 use crate::sasl::{HashAlg, ScramCredential};
 
 mod accounts;
+mod blocking;
 mod migrate;
 mod offline;
 pub use offline::OfflineCap;
@@ -128,6 +130,8 @@ impl Storage {
     /// XEP-0357 push registrations.
     pub fn push(&self) -> PushRegistrations<'_> {
         PushRegistrations { s: self }
+    pub fn blocklist(&self) -> Blocklist<'_> {
+        Blocklist { s: self }
     }
 }
 
@@ -316,6 +320,10 @@ pub struct OfflineMessage {
 }
 
 pub struct Offline<'a> {
+    s: &'a Storage,
+}
+
+pub struct Blocklist<'a> {
     s: &'a Storage,
 }
 

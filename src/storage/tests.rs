@@ -917,3 +917,5 @@ async fn offline_byte_cap(s: &Storage, _t: &Target) {
 
 #[path = "tests_vcard_private_push.rs"]
 mod vcard_private_push;
+#[path = "tests_blocking.rs"]
+mod blocking;
