@@ -6,6 +6,7 @@
 //! - [`accounts`]: accounts, SCRAM credentials, last activity (XEP-0012).
 //! - [`roster`]: roster items with groups, versions (XEP-0237), pending inbound subscriptions.
 //! - [`offline`]: offline message queue with a per-user cap.
+//! - [`archive`]: XEP-0313 message archives and XEP-0441 preferences.
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -23,6 +24,10 @@ use sqlx::Row;
 use crate::sasl::{HashAlg, ScramCredential};
 
 mod accounts;
+mod archive;
+pub use archive::{
+    ArchiveFilter, ArchivePrefs, ArchivedMessage, Direction, NewArchived, PrefsDefault,
+};
 mod migrate;
 mod offline;
 pub use offline::OfflineCap;
@@ -108,6 +113,9 @@ impl Storage {
     }
     pub fn offline(&self) -> Offline<'_> {
         Offline { s: self }
+    }
+    pub fn archive(&self) -> Archive<'_> {
+        Archive { s: self }
     }
 }
 
@@ -269,6 +277,10 @@ pub struct OfflineMessage {
 }
 
 pub struct Offline<'a> {
+    s: &'a Storage,
+}
+
+pub struct Archive<'a> {
     s: &'a Storage,
 }
 
