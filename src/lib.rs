@@ -6,6 +6,7 @@
 //! features, `storage` persists per domain over SQLite or PostgreSQL.
 pub mod c2s;
 pub mod config;
+pub mod mam;
 pub mod message;
 pub mod modules;
 pub mod offline;

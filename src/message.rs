@@ -31,6 +31,9 @@ pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut Byt
     if target.node().is_none() {
         return; // addressed to the server itself: nothing here consumes messages yet
     }
+    // XEP-0313/0359: archive, stamp the recipient's stanza-id, strip spoofed ones.
+    let stamped = crate::mam::on_message(ctx, st, kind, &target).await;
+    let st = stamped.as_ref().unwrap_or(st);
     let router = &ctx.server.router;
     let bare = target.to_bare();
     let bytes = st.rewrite(Some(ctx.jid.as_str()), None);

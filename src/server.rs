@@ -35,6 +35,8 @@ pub struct ServerState {
     pub roster_locks: crate::roster::RosterLocks,
     /// Contact lists of online users (presence broadcast without a database query).
     pub contacts: crate::roster::ContactCache,
+    /// XEP-0313 archive writer and preferences.
+    pub archive: crate::mam::ArchiveState,
 }
 
 impl ServerState {
@@ -85,6 +87,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let backlog = config.limits.listen_backlog;
     let c2s = bind(&config.listen.c2s, backlog).await?;
     let c2s_tls = bind(&config.listen.c2s_direct_tls, backlog).await?;
+    let archive =
+        crate::mam::ArchiveState::start(&storage, &config.mam, shutdown_rx.clone()).await?;
     let state = Arc::new(ServerState {
         limits: config.xml_limits(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -95,6 +99,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         ),
         roster_locks: Default::default(),
         contacts: Default::default(),
+        archive,
         domains,
         storage,
         router: Router::new(),
@@ -167,6 +172,8 @@ impl RunningServer {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all_closed).await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        // Archive rows still queued are written before the pool closes.
+        self.state.archive.writer.flush().await;
         self.state.storage.close().await;
     }
 }
