@@ -336,25 +336,6 @@ pub async fn run(
         page.reverse();
     }
     let count = archive.count(user, &base).await?;
-    let n = page.len() as u64;
-    let paged = q.after.is_some() || q.before.as_deref().is_some_and(|b| !b.is_empty());
-    let index = match (dir, complete, paged) {
-        (Direction::Forward, _, false) => Some(0),
-        (Direction::Backward, _, false) | (Direction::Forward, true, _) => {
-            Some(count.saturating_sub(n))
-        }
-        (Direction::Backward, true, _) => Some(0),
-        _ => match page.first() {
-            Some(first) => {
-                let before_first = ArchiveFilter {
-                    before_row: Some(first.row),
-                    ..base.clone()
-                };
-                Some(archive.count(user, &before_first).await?)
-            }
-            None => None,
-        },
-    };
     let emit = |m: &ArchivedMessage, out: &mut BytesMut| {
         write_result(out, owner, requester, q.queryid.as_deref(), m)
     };
@@ -363,16 +344,16 @@ pub async fn run(
     } else {
         page.iter().for_each(|m| emit(m, out));
     }
-    Ok(fin(&page, count, index, complete))
+    Ok(fin(&page, count, complete))
 }
 
-fn fin(page: &[ArchivedMessage], count: u64, index: Option<u64>, complete: bool) -> Element {
+/// The `<fin/>` with the page's RSM set. No `index` on `<first/>` (optional in XEP-0059, and
+/// Prosody sends none): slixmpp's iterator reads `index + items == count` as "last page"
+/// even when paging backwards, and would stop after the first page from the end.
+fn fin(page: &[ArchivedMessage], count: u64, complete: bool) -> Element {
     let mut set = Element::builder("set", NS_RSM);
     if let (Some(first), Some(last)) = (page.first(), page.last()) {
-        let mut f = Element::builder("first", NS_RSM).append(first.stanza_id.as_str());
-        if let Some(i) = index {
-            f = f.at("index", i.to_string());
-        }
+        let f = Element::builder("first", NS_RSM).append(first.stanza_id.as_str());
         set = set.append(f.build()).append(
             Element::builder("last", NS_RSM)
                 .append(last.stanza_id.as_str())
