@@ -40,6 +40,7 @@ pub struct Config {
     pub c2s: C2s,
     pub limits: LimitsConfig,
     pub offline: Offline,
+    pub mam: Mam,
     pub auth: Auth,
     pub server_info: ServerInfo,
     pub log: Log,
@@ -133,6 +134,26 @@ pub struct Offline {
     pub max_bytes: u64,
 }
 
+/// XEP-0313 message archives (see `src/mam/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mam {
+    /// Results per page when a query does not say (RSM `<max/>` absent).
+    pub default_page_size: u32,
+    /// Most results per page; larger `<max/>` values are lowered to this.
+    pub max_page_size: u32,
+    /// Archived messages older than this many days are deleted; 0 keeps them forever.
+    pub retention_days: u32,
+    /// How often the retention task runs.
+    pub expiry_interval_secs: u64,
+    /// Rows deleted per statement by the retention task (bounds each transaction).
+    pub expiry_batch: u32,
+    /// Archive writes queued for the background writer; senders wait when it is full.
+    pub write_queue: usize,
+    /// Most archive rows inserted in one transaction.
+    pub write_batch: usize,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
@@ -171,6 +192,7 @@ impl Default for Config {
             c2s: C2s::default(),
             limits: LimitsConfig::default(),
             offline: Offline::default(),
+            mam: Mam::default(),
             auth: Auth::default(),
             server_info: ServerInfo::default(),
             log: Log::default(),
@@ -355,6 +377,20 @@ impl Default for Offline {
     }
 }
 
+impl Default for Mam {
+    fn default() -> Self {
+        Mam {
+            default_page_size: 50,
+            max_page_size: 250,
+            retention_days: 365,
+            expiry_interval_secs: 3600,
+            expiry_batch: 10_000,
+            write_queue: 4096,
+            write_batch: 256,
+        }
+    }
+}
+
 impl Default for Auth {
     fn default() -> Self {
         Auth {
@@ -439,6 +475,15 @@ impl Config {
         }
         if self.limits.session_queue == 0 || self.limits.max_depth == 0 {
             return bad("limits: session_queue and max_depth must be positive".into());
+        }
+        if self.mam.max_page_size == 0
+            || self.mam.default_page_size == 0
+            || self.mam.default_page_size > self.mam.max_page_size
+        {
+            return bad("mam: 0 < default_page_size <= max_page_size".into());
+        }
+        if self.mam.write_queue == 0 || self.mam.write_batch == 0 || self.mam.expiry_batch == 0 {
+            return bad("mam: write_queue, write_batch and expiry_batch must be positive".into());
         }
         if self.auth.scram_iterations < 4096 {
             return bad("auth.scram_iterations: at least 4096 (RFC 7677)".into());

@@ -8,6 +8,7 @@ pub mod blocking;
 pub mod c2s;
 pub mod carbons;
 pub mod config;
+pub mod mam;
 pub mod message;
 pub mod modules;
 pub mod offline;

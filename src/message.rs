@@ -35,6 +35,9 @@ pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut Byt
     if crate::blocking::intercept(ctx, st, &target, out).await {
         return; // XEP-0191: refused or dropped, the error (if any) is in `out`
     }
+    // XEP-0313/0359: archive, stamp the recipient's stanza-id, strip spoofed ones.
+    let stamped = crate::mam::on_message(ctx, st, kind, &target).await;
+    let st = stamped.as_ref().unwrap_or(st);
     let router = &ctx.server.router;
     let bare = target.to_bare();
     let bytes = st.rewrite(Some(ctx.jid.as_str()), None);

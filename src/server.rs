@@ -39,6 +39,8 @@ pub struct ServerState {
     pub push: crate::push::PushState,
     /// XEP-0191 blocklists of online users (stanza routing without a database query).
     pub blocklists: crate::blocking::BlockCache,
+    /// XEP-0313 archive writer and preferences.
+    pub archive: crate::mam::ArchiveState,
 }
 
 impl ServerState {
@@ -89,6 +91,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let backlog = config.limits.listen_backlog;
     let c2s = bind(&config.listen.c2s, backlog).await?;
     let c2s_tls = bind(&config.listen.c2s_direct_tls, backlog).await?;
+    let archive =
+        crate::mam::ArchiveState::start(&storage, &config.mam, shutdown_rx.clone()).await?;
     let state = Arc::new(ServerState {
         limits: config.xml_limits(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -101,6 +105,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         contacts: Default::default(),
         push: Default::default(),
         blocklists: Default::default(),
+        archive,
         domains,
         storage,
         router: Router::new(),
@@ -173,6 +178,8 @@ impl RunningServer {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all_closed).await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        // Archive rows still queued are written before the pool closes.
+        self.state.archive.writer.flush().await;
         self.state.storage.close().await;
     }
 }

@@ -501,6 +501,7 @@ async fn preauth_iq(conn: &mut Conn, st: &Stanza) -> Result<(), End> {
                         set: t == "set",
                         payload,
                         session: None,
+                        out: None,
                     })
                     .await
                 }

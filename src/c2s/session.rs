@@ -328,6 +328,7 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
                 set: kind == Some("set"),
                 payload,
                 session: Some(ctx.handle),
+                out: Some(&mut *out),
             })
             .await
         }

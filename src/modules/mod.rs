@@ -50,6 +50,9 @@ pub struct IqRequest<'a> {
     pub payload: &'a Element,
     /// The requesting session, when it has one.
     pub session: Option<&'a SessionHandle>,
+    /// The requesting session's output, for stanzas that must reach it before the IQ reply
+    /// (XEP-0313 results precede their `<fin/>`); None outside a bound session.
+    pub out: Option<&'a mut bytes::BytesMut>,
 }
 
 impl IqRequest<'_> {
@@ -145,6 +148,7 @@ impl Modules {
         m.add(Arc::new(crate::offline::OfflineModule));
         m.add(Arc::new(crate::carbons::CarbonsModule));
         m.add(Arc::new(crate::blocking::BlockingModule));
+        m.add(Arc::new(crate::mam::Mam));
         m.add(Arc::new(disco::ContactAddresses));
         m.add(Arc::new(disco::ServerCaps));
         m.add(Arc::new(vcard::VCardModule));

@@ -30,6 +30,9 @@ pub(super) const SQLITE: &[Migration] = &[
         version: 3,
         name: "blocking",
         sql: include_str!("../../migrations/sqlite/0003_blocking.sql"),
+        version: 2,
+        name: "archive",
+        sql: include_str!("../../migrations/sqlite/0002_archive.sql"),
     },
 ];
 
@@ -46,6 +49,9 @@ pub(super) const POSTGRES: &[Migration] = &[
         version: 3,
         name: "blocking",
         sql: include_str!("../../migrations/postgres/0003_blocking.sql"),
+        version: 2,
+        name: "archive",
+        sql: include_str!("../../migrations/postgres/0002_archive.sql"),
     },
 ];
 

@@ -9,6 +9,7 @@
 //! - [`vcard`], [`private`], [`push`]: XEP-0054 vCards, XEP-0049 private XML, XEP-0357 push
 //!   registrations.
 //! - [`blocking`]: XEP-0191 blocklists.
+//! - [`archive`]: XEP-0313 message archives and XEP-0441 preferences.
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -27,6 +28,10 @@ use crate::sasl::{HashAlg, ScramCredential};
 
 mod accounts;
 mod blocking;
+mod archive;
+pub use archive::{
+    ArchiveFilter, ArchivePrefs, ArchivedMessage, Direction, NewArchived, PrefsDefault,
+};
 mod migrate;
 mod offline;
 pub use offline::OfflineCap;
@@ -132,6 +137,8 @@ impl Storage {
         PushRegistrations { s: self }
     pub fn blocklist(&self) -> Blocklist<'_> {
         Blocklist { s: self }
+    pub fn archive(&self) -> Archive<'_> {
+        Archive { s: self }
     }
 }
 
@@ -324,6 +331,7 @@ pub struct Offline<'a> {
 }
 
 pub struct Blocklist<'a> {
+pub struct Archive<'a> {
     s: &'a Storage,
 }
 

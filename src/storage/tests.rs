@@ -919,3 +919,4 @@ async fn offline_byte_cap(s: &Storage, _t: &Target) {
 mod vcard_private_push;
 #[path = "tests_blocking.rs"]
 mod blocking;
+mod archive;

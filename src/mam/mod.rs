@@ -1,0 +1,225 @@
+//! XEP-0313 Message Archive Management for user archives, with XEP-0359 stanza ids,
+//! XEP-0441 preferences and XEP-0059 paging.
+//!
+//! - [`on_message`] is the one hook on the message path (`crate::message`): it strips
+//!   `<stanza-id/>` elements that claim to come from the recipient's server (XEP-0359 §7,
+//!   spoofing), decides whether the message is archived (XEP-0313 §7.1.1 and Prosody's
+//!   `should_store`: chat/normal with a body or an encrypted payload, never errors, headlines
+//!   or groupchat, honouring XEP-0334 `<no-store/>`/`<no-permanent-store/>`), queues a row
+//!   for the sender's archive (outgoing) and the recipient's (incoming), and stamps the
+//!   recipient's copy with `<stanza-id by='recipient' id='UID'/>`, the UID of its archive row.
+//!   Offline messages take the same path, so they are archived too.
+//! - [`writer`]: the background writer (batched inserts) and the retention task.
+//! - [`query`]: queries, form discovery, metadata; [`prefs`]: XEP-0441.
+
+use bytes::Bytes;
+use jid::{BareJid, Jid};
+use minidom::Element;
+
+use crate::c2s::session::Ctx;
+use crate::modules::{IqFuture, IqRequest, Module, Scope};
+use crate::stanza::{BuilderExt, Condition, ElementExt, StanzaError};
+use crate::storage::{NewArchived, Storage, StorageError};
+use crate::xml::{self, Stanza};
+
+pub mod prefs;
+pub mod query;
+pub mod writer;
+
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+pub const NS_MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+pub const NS_SID: &str = "urn:xmpp:sid:0";
+pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+const NS_HINTS: &str = "urn:xmpp:hints";
+
+/// The archive's shared state (in `ServerState`).
+pub struct ArchiveState {
+    pub writer: writer::Writer,
+    pub prefs: prefs::PrefsCache,
+}
+
+impl ArchiveState {
+    /// Load the preferences and start the writer and the retention task.
+    pub async fn start(
+        storage: &Storage,
+        cfg: &crate::config::Mam,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<ArchiveState, StorageError> {
+        let prefs = prefs::PrefsCache::load(storage).await?;
+        writer::spawn_expiry(storage.clone(), cfg, shutdown);
+        Ok(ArchiveState {
+            writer: writer::Writer::start(storage.clone(), cfg),
+            prefs,
+        })
+    }
+}
+
+pub struct Mam;
+
+impl Module for Mam {
+    fn name(&self) -> &'static str {
+        "mam"
+    }
+    fn iq_namespaces(&self) -> &'static [(Scope, &'static str)] {
+        &[(Scope::Account, NS_MAM)]
+    }
+    fn account_features(&self) -> &'static [&'static str] {
+        &[NS_MAM, NS_MAM_EXTENDED, NS_SID]
+    }
+    fn handle_iq<'a>(&'a self, req: IqRequest<'a>) -> IqFuture<'a> {
+        Box::pin(handle(req))
+    }
+}
+
+async fn handle(req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+    // XEP-0313 §8.1: a user archive is the user's only.
+    let (true, Some(from)) = (req.is_self(), req.from) else {
+        return Err(StanzaError::new(Condition::Forbidden));
+    };
+    let p = req.payload;
+    match (p.name(), req.set) {
+        ("query", false) => Ok(Some(query::form())),
+        ("query", true) => {
+            let q = query::parse(p)?;
+            let Some(out) = req.out else {
+                return Err(StanzaError::new(Condition::ServiceUnavailable));
+            };
+            let fin = query::run(req.server, req.to, from, q, out).await?;
+            Ok(Some(fin))
+        }
+        ("metadata", false) => Ok(Some(query::metadata(req.server, req.to).await?)),
+        ("prefs", set) => prefs::handle(req.server, req.to, set, p).await,
+        _ => Err(StanzaError::new(Condition::BadRequest)),
+    }
+}
+
+/// XEP-0334 hints and payloads that make a message worth archiving (Prosody's rules).
+fn worth_archiving(el: &Element) -> bool {
+    if el.has_child("no-store", NS_HINTS) || el.has_child("no-permanent-store", NS_HINTS) {
+        return false;
+    }
+    if el.has_child("store", NS_HINTS) || el.has_child("body", xml::NS_CLIENT) {
+        return true;
+    }
+    el.children().any(|c| {
+        c.is("encryption", "urn:xmpp:eme:0")
+            || c.is("encrypted", "eu.siacs.conversations.axolotl")
+            || c.is("encrypted", "urn:xmpp:omemo:2")
+            || c.is("openpgp", "urn:xmpp:openpgp:0")
+            || c.is("x", "jabber:x:encrypted")
+            || c.is("x", "jabber:x:conference")
+            || c.ns() == "urn:xmpp:chat-markers:0" && c.name() != "markable"
+    })
+}
+
+/// Remove `<stanza-id/>` elements whose `by` is the recipient (only its server may add
+/// those). True when something was removed.
+fn strip_spoofed(el: &mut Element, recipient: &BareJid) -> bool {
+    let spoofed = |c: &Element| {
+        c.is("stanza-id", NS_SID)
+            && c.attr("by")
+                .and_then(|b| Jid::new(b).ok())
+                .is_some_and(|b| b == *recipient)
+    };
+    if !el.children().any(spoofed) {
+        return false;
+    }
+    for node in el.take_nodes() {
+        if !matches!(&node, minidom::Node::Element(c) if spoofed(c)) {
+            el.append_node(node);
+        }
+    }
+    true
+}
+
+/// A fresh archive UID: 128 random bits, URL-safe base64 (unguessable, so a UID reveals
+/// nothing and cannot be used to probe another archive).
+fn new_uid() -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The message hook (see the module docs). `kind` is the RFC 6121 message type, `to` the
+/// local account addressed. Returns the stanza to route instead of `st` when it changed
+/// (stamped with a stanza-id or stripped of a spoofed one), None to route `st` as it is.
+pub async fn on_message(ctx: &Ctx<'_>, st: &Stanza, kind: &str, to: &Jid) -> Option<Stanza> {
+    let archivable = matches!(kind, "chat" | "normal");
+    let has_sid = memchr::memmem::find(st.raw(), NS_SID.as_bytes()).is_some();
+    if !archivable && !has_sid {
+        return None;
+    }
+    // Boxed: rarely large, but kept out of every session's future.
+    Box::pin(archive(ctx, st, archivable, to)).await
+}
+
+async fn archive(ctx: &Ctx<'_>, st: &Stanza, archivable: bool, to: &Jid) -> Option<Stanza> {
+    let mut el = st.element().ok()?;
+    let recipient = to.to_bare();
+    let stripped = strip_spoofed(&mut el, &recipient);
+    if !(archivable && worth_archiving(&el)) {
+        return if stripped { reparse(st, &el) } else { None };
+    }
+    el.put_attr("from", ctx.jid.as_str());
+    let server = ctx.server;
+    let stamp_ms = crate::stanza::now_ms();
+    let text = String::from_utf8_lossy(&xml::to_bytes(&el)).into_owned();
+    let origin_id = el
+        .get_child("origin-id", NS_SID)
+        .and_then(|o| o.attr("id"))
+        .map(str::to_string);
+    let to_res = to
+        .resource()
+        .map(|r| r.as_str().to_string())
+        .unwrap_or_default();
+    let from_res = ctx.jid.resource().as_str().to_string();
+    let user = |j: &BareJid| {
+        (
+            j.domain().to_string(),
+            j.node().map(|n| n.to_string()).unwrap_or_default(),
+        )
+    };
+    let row = |owner: &BareJid, with: &BareJid, res: String, outgoing: bool| NewArchived {
+        owner: user(owner),
+        stanza_id: new_uid(),
+        stamp_ms,
+        with_bare: with.to_string(),
+        with_res: res,
+        origin_id: origin_id.clone(),
+        outgoing,
+        stanza: text.clone(),
+    };
+    let mut rows = Vec::with_capacity(2);
+    let to_self = recipient == *ctx.bare;
+    if !to_self && prefs::wants(server, ctx.bare, &recipient, &to_res).await {
+        rows.push(row(ctx.bare, &recipient, to_res, true));
+    }
+    // A message to oneself is stored once, as the recipient's copy.
+    if prefs::wants(server, &recipient, ctx.bare, &from_res).await {
+        let r = row(&recipient, ctx.bare, from_res, to_self);
+        el.append_child(
+            Element::builder("stanza-id", NS_SID)
+                .at("by", recipient.as_str())
+                .at("id", r.stanza_id.as_str())
+                .build(),
+        );
+        rows.push(r);
+    }
+    if rows.is_empty() {
+        return if stripped { reparse(st, &el) } else { None };
+    }
+    server.archive.writer.write(rows).await;
+    reparse(st, &el)
+}
+
+/// A routable [`Stanza`] from a modified element (its namespace declared on the top level).
+fn reparse(st: &Stanza, el: &Element) -> Option<Stanza> {
+    let bytes: Bytes = xml::to_bytes(el);
+    match Stanza::parse(bytes, st.ns_context().clone()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "archived message does not re-parse; routed unstamped");
+            None
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The archive's background writer and retention task.
+//!
+//! The message path must not wait on the database for a write the user does not need yet,
+//! so archive rows go through a bounded channel to one writer task, which inserts what has
+//! queued up (up to `mam.write_batch` rows) in one transaction: under load, one commit (one
+//! fsync on SQLite) serves many messages.
+//!
+//! Read-your-writes: a client that received a message and then queries its archive must see
+//! it. Every query first calls [`Writer::flush`], which (only when rows are pending) sends a
+//! barrier through the same FIFO channel and waits for the writer to commit everything ahead
+//! of it. The message was queued before it was routed, so before the client could see it,
+//! hence before the barrier.
+//!
+//! Full channel: senders wait (backpressure) rather than drop. An archive is the user's
+//! history; silently losing messages from it under load is worse than slowing the senders
+//! down to the database's pace, and the wait is bounded by the database's write rate.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Mam as MamConfig;
+use crate::storage::{NewArchived, Storage};
+
+enum Op {
+    Rows(Vec<NewArchived>),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Handle to the writer task (cheap to clone).
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Op>,
+    /// Rows queued and not yet committed (or failed). Never under-counts: it is raised before
+    /// a row is queued and lowered after its transaction ends, so zero means nothing a
+    /// reader could have seen delivered is still in flight.
+    pending: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Spawn the writer on the current runtime. It ends when every handle is dropped.
+    pub fn start(storage: Storage, cfg: &MamConfig) -> Writer {
+        let (tx, rx) = mpsc::channel(cfg.write_queue.max(1));
+        let pending = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(storage, rx, pending.clone(), cfg.write_batch.max(1)));
+        Writer { tx, pending }
+    }
+
+    /// Queue rows; waits while the queue is full (see the module docs).
+    pub async fn write(&self, rows: Vec<NewArchived>) {
+        if rows.is_empty() {
+            return;
+        }
+        let n = rows.len() as u64;
+        self.pending.fetch_add(n, Ordering::SeqCst);
+        if self.tx.send(Op::Rows(rows)).await.is_err() {
+            self.pending.fetch_sub(n, Ordering::SeqCst);
+            tracing::error!("archive writer gone; message not archived");
+        }
+    }
+
+    /// Wait until every row queued before this call is committed (or has failed).
+    pub async fn flush(&self) {
+        if self.pending.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Op::Barrier(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn run(
+    storage: Storage,
+    mut rx: mpsc::Receiver<Op>,
+    pending: Arc<AtomicU64>,
+    batch_max: usize,
+) {
+    let mut rows: Vec<NewArchived> = Vec::new();
+    let mut barriers = Vec::new();
+    while let Some(op) = rx.recv().await {
+        let mut next = Some(op);
+        while let Some(op) = next.take() {
+            match op {
+                Op::Rows(r) => rows.extend(r),
+                Op::Barrier(b) => barriers.push(b),
+            }
+            if rows.len() < batch_max {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !rows.is_empty() {
+            if let Err(e) = storage.archive().insert_batch(&rows).await {
+                tracing::error!(error = %e, rows = rows.len(), "archive write failed");
+            }
+            pending.fetch_sub(rows.len() as u64, Ordering::SeqCst);
+            rows.clear();
+            if rows.capacity() > batch_max * 4 {
+                rows = Vec::new();
+            }
+        }
+        for b in barriers.drain(..) {
+            let _ = b.send(());
+        }
+    }
+}
+
+/// Delete archived messages older than `mam.retention_days`, every `expiry_interval_secs`,
+/// in statements of at most `expiry_batch` rows (each its own short transaction, so the
+/// writer is never locked out for long), until the server shuts down.
+pub fn spawn_expiry(storage: Storage, cfg: &MamConfig, mut shutdown: watch::Receiver<bool>) {
+    if cfg.retention_days == 0 {
+        return;
+    }
+    let keep_ms = i64::from(cfg.retention_days) * 86_400_000;
+    let every = Duration::from_secs(cfg.expiry_interval_secs.max(1));
+    let batch = cfg.expiry_batch.max(1);
+    tokio::spawn(async move {
+        loop {
+            let cutoff = crate::stanza::now_ms() - keep_ms;
+            let deleted = expire_all(&storage, cutoff, batch).await;
+            if deleted > 0 {
+                tracing::info!(deleted, "archive retention: expired messages deleted");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+}
+
+/// Delete everything stored before `cutoff_ms`, batch by batch; returns the count.
+pub async fn expire_all(storage: &Storage, cutoff_ms: i64, batch: u32) -> u64 {
+    let mut total = 0;
+    loop {
+        match storage.archive().expire(cutoff_ms, batch).await {
+            Ok(n) => {
+                total += n;
+                if n < u64::from(batch) {
+                    return total;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "archive retention failed");
+                return total;
+            }
+        }
+    }
+}
