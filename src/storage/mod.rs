@@ -6,6 +6,7 @@
 //! - [`accounts`]: accounts, SCRAM credentials, last activity (XEP-0012).
 //! - [`roster`]: roster items with groups, versions (XEP-0237), pending inbound subscriptions.
 //! - [`offline`]: offline message queue with a per-user cap.
+//! - [`pubsub`]: PEP nodes and items (XEP-0163, XEP-0223).
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -26,9 +27,14 @@ mod accounts;
 mod migrate;
 mod offline;
 pub use offline::OfflineCap;
+mod pubsub;
+pub use pubsub::{AccessModel, NodeConfig, PepItem, PepNode, Pubsub, SendLast};
 mod roster;
 #[cfg(test)]
+#[macro_use]
 mod tests;
+#[cfg(test)]
+mod tests_pubsub;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -108,6 +114,9 @@ impl Storage {
     }
     pub fn offline(&self) -> Offline<'_> {
         Offline { s: self }
+    }
+    pub fn pubsub(&self) -> Pubsub<'_> {
+        Pubsub { s: self }
     }
 }
 
