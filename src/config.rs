@@ -40,6 +40,7 @@ pub struct Config {
     pub c2s: C2s,
     pub limits: LimitsConfig,
     pub offline: Offline,
+    pub pep: Pep,
     pub auth: Auth,
     pub server_info: ServerInfo,
     pub log: Log,
@@ -127,6 +128,24 @@ pub struct Offline {
     pub max_bytes: u64,
 }
 
+/// XEP-0163 personal eventing (each account's pubsub service) and the XEP-0115 caps it uses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pep {
+    /// Most items one node keeps; `pubsub#max_items` is capped here and 'max' means this.
+    pub max_items_per_node: u32,
+    /// Largest item payload accepted, in bytes of serialized XML.
+    pub max_payload_bytes: usize,
+    /// Most nodes one account may have.
+    pub max_nodes_per_user: usize,
+    /// XEP-0115 verification strings whose feature lists are remembered (shared by all users).
+    pub caps_cache_size: usize,
+    /// Disco#info queries the server may have outstanding to clients at once.
+    pub max_pending_queries: usize,
+    /// How long the server waits for a client's disco#info answer.
+    pub query_timeout_secs: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
@@ -165,6 +184,7 @@ impl Default for Config {
             c2s: C2s::default(),
             limits: LimitsConfig::default(),
             offline: Offline::default(),
+            pep: Pep::default(),
             auth: Auth::default(),
             server_info: ServerInfo::default(),
             log: Log::default(),
@@ -215,6 +235,19 @@ impl Default for Offline {
         Offline {
             max_messages: 1000,
             max_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for Pep {
+    fn default() -> Self {
+        Pep {
+            max_items_per_node: 256,
+            max_payload_bytes: 128 * 1024,
+            max_nodes_per_user: 256,
+            caps_cache_size: 10_000,
+            max_pending_queries: 1000,
+            query_timeout_secs: 30,
         }
     }
 }

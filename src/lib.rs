@@ -5,10 +5,13 @@
 //! implement RFC 6121, `modules` holds IQ handlers that declare their namespaces and disco
 //! features, `storage` persists per domain over SQLite or PostgreSQL.
 pub mod c2s;
+pub mod caps;
 pub mod config;
+pub mod iq_out;
 pub mod message;
 pub mod modules;
 pub mod offline;
+pub mod pep;
 pub mod presence;
 pub mod roster;
 pub mod router;

@@ -35,6 +35,10 @@ pub struct ServerState {
     pub roster_locks: crate::roster::RosterLocks,
     /// Contact lists of online users (presence broadcast without a database query).
     pub contacts: crate::roster::ContactCache,
+    /// PEP (XEP-0163): the shared XEP-0115 caps cache and per-account write locks.
+    pub pep: crate::pep::PepState,
+    /// IQs the server sent to clients and awaits answers for.
+    pub iq_out: crate::iq_out::PendingIqs,
 }
 
 impl ServerState {
@@ -95,6 +99,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         ),
         roster_locks: Default::default(),
         contacts: Default::default(),
+        pep: Default::default(),
+        iq_out: Default::default(),
         domains,
         storage,
         router: Router::new(),

@@ -298,7 +298,9 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
         return Ok(());
     }
     if !is_request {
-        return Ok(()); // results/errors for the server or a bare JID end here
+        // Answers to the server's own queries (XEP-0115 caps); other results end here.
+        ctx.server.iq_out.answer(st, ctx.jid);
+        return Ok(());
     }
     let el = st.element()?;
     let mut children = el.children();
