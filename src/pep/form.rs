@@ -216,7 +216,7 @@ mod tests {
             send_last: SendLast::Never,
         };
         let mut x = node_config_form(&c);
-        x.set_attr("type", "submit");
+        crate::stanza::ElementExt::put_attr(&mut x, "type", "submit");
         let o = parse(&x, FORM_NODE_CONFIG).unwrap().unwrap();
         assert_eq!(o.apply(NodeConfig::default()), c);
     }

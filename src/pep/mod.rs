@@ -18,6 +18,7 @@ use crate::server::ServerState;
 use crate::stanza::{BuilderExt, Condition, StanzaError};
 use crate::storage::{AccessModel, NodeConfig, PepItem, PepNode, StorageError, Subscription};
 
+pub mod bookmarks;
 pub mod form;
 pub mod notify;
 
@@ -198,45 +199,18 @@ async fn publish(
     let (Some(payload), None) = (payloads.next(), payloads.next()) else {
         return Err(app(Condition::BadRequest, "invalid-payload"));
     };
-    let payload = crate::xml::to_bytes(payload);
-    if payload.len() > req.server.config.pep.max_payload_bytes {
-        return Err(app(Condition::NotAcceptable, "payload-too-big"));
-    }
-    let payload = String::from_utf8_lossy(&payload).into_owned();
     let options = publish_options(opts)?;
     let id = match item.attr("id") {
         Some(i) if !i.is_empty() => i.to_string(),
         _ => crate::stanza::random_id(),
     };
-    let server = req.server;
-    let node = {
-        let _guard = server.pep.locks.lock(user).await;
-        let node = match server.storage.pubsub().node(user, name).await? {
-            Some(n) if options.met_by(&n.config) => n,
-            Some(_) => return Err(form::precondition_not_met()),
-            None => new_node(server, user, name, &options.apply(NodeConfig::default())).await?,
-        };
-        let stored = PepItem {
-            id: id.clone(),
-            publisher: req.from.map(|f| f.to_string()).unwrap_or_default(),
-            stamp_ms: crate::stanza::now_ms(),
-            payload,
-        };
-        server
-            .storage
-            .pubsub()
-            .publish(node.id, &stored, keep(server, &node.config))
-            .await?;
-        (node, stored)
+    let publisher = req.from.map(|f| f.to_string()).unwrap_or_default();
+    let target = Target {
+        owner: req.to,
+        user,
+        node: name,
     };
-    let (node, stored) = node;
-    if let Some(el) = notify::item_element(&stored) {
-        let event = Element::builder("items", NS_EVENT)
-            .at("node", name)
-            .append(el)
-            .build();
-        notify::broadcast(server, req.to, &node, event).await;
-    }
+    publish_item(req.server, &target, &options, &id, payload, &publisher).await?;
     Ok(Some(
         Element::builder("pubsub", NS)
             .append(
@@ -247,6 +221,65 @@ async fn publish(
             )
             .build(),
     ))
+}
+
+/// Where an item goes: an account's node.
+pub struct Target<'a> {
+    pub owner: &'a BareJid,
+    pub user: (&'a str, &'a str),
+    pub node: &'a str,
+}
+
+/// Store an item (auto-creating the node with `options`, or checking them as preconditions)
+/// and notify. Shared by the publish IQ and server-side writers (XEP-0402 compat).
+pub async fn publish_item(
+    server: &ServerState,
+    t: &Target<'_>,
+    options: &form::Options,
+    id: &str,
+    payload: &Element,
+    publisher: &str,
+) -> Result<(), StanzaError> {
+    let payload = crate::xml::to_bytes(payload);
+    if payload.len() > server.config.pep.max_payload_bytes {
+        return Err(app(Condition::NotAcceptable, "payload-too-big"));
+    }
+    let stored = PepItem {
+        id: id.to_string(),
+        publisher: publisher.to_string(),
+        stamp_ms: crate::stanza::now_ms(),
+        payload: String::from_utf8_lossy(&payload).into_owned(),
+    };
+    let node = {
+        let _guard = server.pep.locks.lock(t.user).await;
+        let node = match server.storage.pubsub().node(t.user, t.node).await? {
+            Some(n) if options.met_by(&n.config) => n,
+            Some(_) => return Err(form::precondition_not_met()),
+            None => {
+                new_node(
+                    server,
+                    t.user,
+                    t.node,
+                    &options.apply(NodeConfig::default()),
+                )
+                .await?
+            }
+        };
+        server
+            .storage
+            .pubsub()
+            .publish(node.id, &stored, keep(server, &node.config))
+            .await?;
+        node
+    };
+    if let Some(el) = notify::item_element(&stored) {
+        let event = Element::builder("items", NS_EVENT)
+            .at("node", t.node)
+            .append(el)
+            .build();
+        notify::broadcast(server, t.owner, &node, event).await;
+    }
+    Ok(())
 }
 
 /// XEP-0060 §7.2 retract, with notification when asked (`notify='true'`).
