@@ -41,6 +41,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub offline: Offline,
     pub mam: Mam,
+    pub pep: Pep,
     pub auth: Auth,
     pub server_info: ServerInfo,
     pub log: Log,
@@ -152,6 +153,22 @@ pub struct Mam {
     pub write_queue: usize,
     /// Most archive rows inserted in one transaction.
     pub write_batch: usize,
+/// XEP-0163 personal eventing (each account's pubsub service) and the XEP-0115 caps it uses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pep {
+    /// Most items one node keeps; `pubsub#max_items` is capped here and 'max' means this.
+    pub max_items_per_node: u32,
+    /// Largest item payload accepted, in bytes of serialized XML.
+    pub max_payload_bytes: usize,
+    /// Most nodes one account may have.
+    pub max_nodes_per_user: usize,
+    /// XEP-0115 verification strings whose feature lists are remembered (shared by all users).
+    pub caps_cache_size: usize,
+    /// Disco#info queries the server may have outstanding to clients at once.
+    pub max_pending_queries: usize,
+    /// How long the server waits for a client's disco#info answer.
+    pub query_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +210,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             offline: Offline::default(),
             mam: Mam::default(),
+            pep: Pep::default(),
             auth: Auth::default(),
             server_info: ServerInfo::default(),
             log: Log::default(),
@@ -387,6 +405,15 @@ impl Default for Mam {
             expiry_batch: 10_000,
             write_queue: 4096,
             write_batch: 256,
+impl Default for Pep {
+    fn default() -> Self {
+        Pep {
+            max_items_per_node: 256,
+            max_payload_bytes: 128 * 1024,
+            max_nodes_per_user: 256,
+            caps_cache_size: 10_000,
+            max_pending_queries: 1000,
+            query_timeout_secs: 30,
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct PresenceState {
     pub directed: HashSet<String>,
     /// Status text of the last unavailable presence (XEP-0012).
     pub last_status: Option<String>,
+    /// XEP-0115 caps as PEP last saw them (XEP-0163 last items on coming online).
+    pub caps: crate::pep::notify::SessionCaps,
 }
 
 /// Presence sent by the local user's session.
@@ -154,6 +156,11 @@ async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut
         .collect();
     router.set_presence(bare, resource, id, available.then(|| (prio, st.clone())));
     ps.available = available;
+    if available {
+        crate::pep::notify::presence_available(ctx, &mut ps.caps, st, initial);
+    } else {
+        crate::pep::notify::presence_unavailable(&mut ps.caps);
+    }
     for r in own {
         let to = format!("{bare}/{r}");
         router.send_full(

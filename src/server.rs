@@ -41,6 +41,10 @@ pub struct ServerState {
     pub blocklists: crate::blocking::BlockCache,
     /// XEP-0313 archive writer and preferences.
     pub archive: crate::mam::ArchiveState,
+    /// PEP (XEP-0163): the shared XEP-0115 caps cache and per-account write locks.
+    pub pep: crate::pep::PepState,
+    /// IQs the server sent to clients and awaits answers for.
+    pub iq_out: crate::iq_out::PendingIqs,
 }
 
 impl ServerState {
@@ -106,6 +110,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         push: Default::default(),
         blocklists: Default::default(),
         archive,
+        pep: Default::default(),
+        iq_out: Default::default(),
         domains,
         storage,
         router: Router::new(),

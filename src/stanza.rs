@@ -69,6 +69,8 @@ impl Condition {
 pub struct StanzaError {
     pub condition: Condition,
     pub text: Option<String>,
+    /// An application-specific condition (RFC 6120 §8.3.2): (element name, namespace).
+    pub app: Option<(&'static str, &'static str)>,
 }
 
 impl StanzaError {
@@ -76,13 +78,20 @@ impl StanzaError {
         StanzaError {
             condition,
             text: None,
+            app: None,
         }
     }
     pub fn with_text(condition: Condition, text: impl Into<String>) -> Self {
         StanzaError {
             condition,
             text: Some(text.into()),
+            app: None,
         }
+    }
+    /// Add an application-specific condition element (e.g. XEP-0060's pubsub#errors).
+    pub fn with_app(mut self, name: &'static str, ns: &'static str) -> Self {
+        self.app = Some((name, ns));
+        self
     }
     /// The `<error/>` child element.
     pub fn element(&self, by: Option<&str>) -> Element {
@@ -99,6 +108,9 @@ impl StanzaError {
                     .append(text.as_str())
                     .build(),
             );
+        }
+        if let Some((name, ns)) = self.app {
+            b = b.append(Element::builder(name, ns).build());
         }
         b.build()
     }

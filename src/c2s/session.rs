@@ -302,8 +302,11 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
         return Ok(());
     }
     if !is_request {
-        // Results/errors for the server or a bare JID end here (after XEP-0357's look).
-        crate::push::on_iq_response(ctx.server, ctx.jid, &target, st).await;
+        // Answers to the server's own queries (XEP-0115 caps, XEP-0357 publishes); other
+        // results end here.
+        if !ctx.server.iq_out.answer(st, ctx.jid) {
+            crate::push::on_iq_response(ctx.server, ctx.jid, &target, st).await;
+        }
         return Ok(());
     }
     let el = st.element()?;

@@ -109,7 +109,12 @@ pub fn server_info_element(server: &crate::server::ServerState) -> Element {
 
 fn account_info(req: &IqRequest<'_>) -> Element {
     let modules = req.server.modules.all();
-    let q = Element::builder("query", NS_INFO).append(identity("account", "registered", None));
+    let mut q = Element::builder("query", NS_INFO).append(identity("account", "registered", None));
+    for m in modules {
+        for (category, type_) in m.account_identities() {
+            q = q.append(identity(category, type_, None));
+        }
+    }
     with_features(
         q,
         modules

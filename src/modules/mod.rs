@@ -81,6 +81,10 @@ pub trait Module: Send + Sync + 'static {
     fn account_features(&self) -> &'static [&'static str] {
         &[]
     }
+    /// (category, type) identities an account's disco#info adds (XEP-0163: pubsub/pep).
+    fn account_identities(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
     /// XEP-0128 extension forms for the server's disco#info.
     fn server_info_forms(&self, _server: &ServerState) -> Vec<Element> {
         Vec::new()
@@ -149,6 +153,7 @@ impl Modules {
         m.add(Arc::new(crate::carbons::CarbonsModule));
         m.add(Arc::new(crate::blocking::BlockingModule));
         m.add(Arc::new(crate::mam::Mam));
+        m.add(Arc::new(crate::pep::Pep));
         m.add(Arc::new(disco::ContactAddresses));
         m.add(Arc::new(disco::ServerCaps));
         m.add(Arc::new(vcard::VCardModule));

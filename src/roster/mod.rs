@@ -424,7 +424,10 @@ async fn outbound_inner(
     }
     match kind {
         // §3.1.5: after approving, the contact's current presence goes to the new subscriber.
-        SubType::Subscribed => presence_to(server, me, &contact),
+        SubType::Subscribed => {
+            presence_to(server, me, &contact);
+            crate::pep::notify::subscription_approved(server, me, &contact);
+        }
         // §3.2.2: after cancelling, the subscriber learns we are gone.
         SubType::Unsubscribed => unavailable_to(server, me, &contact),
         _ => {}

@@ -33,6 +33,9 @@ pub(super) const SQLITE: &[Migration] = &[
         version: 2,
         name: "archive",
         sql: include_str!("../../migrations/sqlite/0002_archive.sql"),
+        version: 4,
+        name: "pep",
+        sql: include_str!("../../migrations/sqlite/0004_pep.sql"),
     },
 ];
 
@@ -52,6 +55,9 @@ pub(super) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "archive",
         sql: include_str!("../../migrations/postgres/0002_archive.sql"),
+        version: 4,
+        name: "pep",
+        sql: include_str!("../../migrations/postgres/0004_pep.sql"),
     },
 ];
 

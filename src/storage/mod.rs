@@ -10,6 +10,7 @@
 //!   registrations.
 //! - [`blocking`]: XEP-0191 blocklists.
 //! - [`archive`]: XEP-0313 message archives and XEP-0441 preferences.
+//! - [`pubsub`]: PEP nodes and items (XEP-0163, XEP-0223).
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -39,11 +40,16 @@ mod private;
 mod push;
 pub use private::PrivateXml;
 pub use push::{PushRegistration, PushRegistrations};
+mod pubsub;
+pub use pubsub::{AccessModel, NodeConfig, PepItem, PepNode, Pubsub, SendLast};
 mod roster;
 #[cfg(test)]
+#[macro_use]
 mod tests;
 mod vcard;
 pub use vcard::{StoredVCard, VCards};
+#[cfg(test)]
+mod tests_pubsub;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -139,6 +145,8 @@ impl Storage {
         Blocklist { s: self }
     pub fn archive(&self) -> Archive<'_> {
         Archive { s: self }
+    pub fn pubsub(&self) -> Pubsub<'_> {
+        Pubsub { s: self }
     }
 }
 

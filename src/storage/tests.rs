@@ -13,12 +13,12 @@ const PG_ENV: &str = "STARLING_TEST_POSTGRES_URL";
 const PG_REQUIRE_ENV: &str = "STARLING_TEST_REQUIRE_POSTGRES";
 
 /// A fresh, not yet migrated database; removed when dropped (best effort).
-struct Target {
-    url: String,
+pub(super) struct Target {
+    pub(super) url: String,
     _guard: Guard,
 }
 
-enum Guard {
+pub(super) enum Guard {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
     Postgres { admin_url: String, db: String },
 }
@@ -66,7 +66,7 @@ fn pg_url_with_db(admin: &str, db: &str) -> String {
     url
 }
 
-async fn targets(test: &str) -> Vec<Target> {
+pub(super) async fn targets(test: &str) -> Vec<Target> {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("starling.db");
     let mut out = vec![Target {
@@ -153,7 +153,7 @@ fn item(contact: &str, sub: Subscription, groups: &[&str]) -> RosterItem {
 }
 
 /// Rows in `table` (tests only; the name is trusted).
-async fn rows(s: &Storage, table: &str) -> i64 {
+pub(super) async fn rows(s: &Storage, table: &str) -> i64 {
     let sql = format!("SELECT COUNT(*) FROM {table}");
     match &s.db {
         Db::Sqlite(p) => sqlx::query_scalar(&sql).fetch_one(p).await.unwrap(),

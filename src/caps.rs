@@ -1,0 +1,181 @@
+//! XEP-0115 Entity Capabilities as the server consumes them: what a client's available
+//! presence says it supports, used by PEP to filter notifications (XEP-0163 §4.3.2: a
+//! resource gets a node's events when it lists `<node>+notify`).
+//!
+//! Feature lists are cached by verification string, shared by every user (one Conversations
+//! version has one ver). An unknown ver is resolved by asking the client (disco#info on
+//! `node#ver`, through [`crate::iq_out`]); the answer is cached only when it hashes to that
+//! ver (§5.4), so one client cannot poison what others are assumed to support. Only SHA-1 is
+//! verified (what clients use for XEP-0115); other hash names are not resolved.
+
+use jid::FullJid;
+use minidom::Element;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::watch;
+
+use crate::modules::disco::{caps_ver, NS_CAPS, NS_INFO};
+use crate::server::ServerState;
+use crate::stanza::BuilderExt;
+use crate::xml::{Stanza, NS_CLIENT};
+
+pub type Features = HashSet<String>;
+
+/// The `<c/>` element of a presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caps {
+    pub hash: String,
+    pub node: String,
+    pub ver: String,
+}
+
+impl Caps {
+    pub fn of(presence: &Element) -> Option<Caps> {
+        let c = presence.get_child("c", NS_CAPS)?;
+        Some(Caps {
+            hash: c.attr("hash")?.to_string(),
+            node: c.attr("node").unwrap_or("").to_string(),
+            ver: c.attr("ver")?.to_string(),
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct CapsCache {
+    known: RwLock<HashMap<String, Arc<Features>>>,
+    /// Verification strings being resolved: later resources with the same ver wait for the
+    /// first query instead of sending their own.
+    querying: Mutex<HashMap<String, watch::Receiver<()>>>,
+}
+
+impl CapsCache {
+    pub fn get(&self, ver: &str) -> Option<Arc<Features>> {
+        self.known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(ver)
+            .cloned()
+    }
+
+    fn insert(&self, ver: &str, f: Arc<Features>, cap: usize) {
+        let mut map = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= cap.max(1) && !map.contains_key(ver) {
+            // Bounded: drop an arbitrary entry; it is re-resolved if a client uses it again.
+            if let Some(k) = map.keys().next().cloned() {
+                map.remove(&k);
+            }
+        }
+        map.insert(ver.to_string(), f);
+    }
+
+    pub fn len(&self) -> usize {
+        self.known.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The features a stored available presence advertises, when its caps are resolved.
+pub fn features(server: &ServerState, presence: &Stanza) -> Option<Arc<Features>> {
+    let el = presence.element().ok()?;
+    let caps = Caps::of(&el)?;
+    server.pep.caps.get(&caps.ver)
+}
+
+/// The features behind `caps` of the resource `jid`: from the cache, or by asking the
+/// client. None when they cannot be learnt or verified.
+pub async fn resolve(
+    server: &Arc<ServerState>,
+    jid: &FullJid,
+    caps: &Caps,
+) -> Option<Arc<Features>> {
+    let cache = &server.pep.caps;
+    if let Some(f) = cache.get(&caps.ver) {
+        return Some(f);
+    }
+    if caps.hash != "sha-1" {
+        return None;
+    }
+    // Either wait for the query already under way, or become the one that asks.
+    let (waiting, mine) = {
+        let mut q = cache.querying.lock().unwrap_or_else(|e| e.into_inner());
+        match q.get(&caps.ver) {
+            Some(rx) => (Some(rx.clone()), None),
+            None => {
+                let (tx, rx) = watch::channel(());
+                q.insert(caps.ver.clone(), rx);
+                (None, Some(tx))
+            }
+        }
+    };
+    if let Some(tx) = mine {
+        return ask_as_querier(server, jid, caps, tx).await;
+    }
+    if let Some(mut rx) = waiting {
+        // Resolves when the querying task drops its sender; then look again (and ask
+        // ourselves if that query failed).
+        let _ = rx.changed().await;
+        if let Some(f) = cache.get(&caps.ver) {
+            return Some(f);
+        }
+    }
+    ask(server, jid, caps).await
+}
+
+async fn ask_as_querier(
+    server: &Arc<ServerState>,
+    jid: &FullJid,
+    caps: &Caps,
+    tx: watch::Sender<()>,
+) -> Option<Arc<Features>> {
+    let found = ask(server, jid, caps).await;
+    server
+        .pep
+        .caps
+        .querying
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&caps.ver);
+    drop(tx); // wakes the waiters
+    found
+}
+
+async fn ask(server: &Arc<ServerState>, jid: &FullJid, caps: &Caps) -> Option<Arc<Features>> {
+    let q = Element::builder("query", NS_INFO)
+        .at("node", format!("{}#{}", caps.node, caps.ver))
+        .build();
+    let reply = match crate::iq_out::query(server, jid, q).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%jid, error = %e, "caps disco#info query failed");
+            return None;
+        }
+    };
+    let info = reply.get_child("query", NS_INFO)?;
+    if caps_ver(info) != caps.ver {
+        tracing::info!(%jid, ver = %caps.ver, "caps verification string does not match disco#info; ignored");
+        return None;
+    }
+    let f: Arc<Features> = Arc::new(
+        info.children()
+            .filter(|c| c.is("feature", NS_INFO))
+            .filter_map(|c| c.attr("var").map(str::to_string))
+            .collect(),
+    );
+    server
+        .pep
+        .caps
+        .insert(&caps.ver, f.clone(), server.config.pep.caps_cache_size);
+    Some(f)
+}
+
+/// Caps of a presence stanza received from a client, if it carries any.
+pub fn of_stanza(st: &Stanza) -> Option<Caps> {
+    let el = st.element().ok()?;
+    if !el.is("presence", NS_CLIENT) {
+        return None;
+    }
+    Caps::of(&el)
+}

@@ -1,0 +1,233 @@
+//! PEP event notifications (XEP-0163 §4.3, XEP-0060 §7.1.2) and the last published item on
+//! coming online (XEP-0163 §6.2).
+//!
+//! Who gets an event: the owner's available resources and the available resources of
+//! contacts with a 'from'/'both' subscription (when the access model lets them read), each
+//! only if its XEP-0115 caps list `<node>+notify` ("filtered-notifications"). The caps of a
+//! resource are read from its stored presence, resolved through the shared cache.
+
+use bytes::Bytes;
+use jid::{BareJid, FullJid};
+use minidom::Element;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::NS_EVENT;
+use crate::c2s::session::Ctx;
+use crate::caps::{self, Features};
+use crate::router::Deliver;
+use crate::server::ServerState;
+use crate::stanza::{random_id, BuilderExt};
+use crate::storage::{AccessModel, PepItem, PepNode, SendLast, Subscription};
+use crate::xml::{self, Stanza, NS_CLIENT};
+
+/// `<item id='…'>payload</item>` in the event namespace (None if the stored payload no
+/// longer parses, which only a corrupted row could cause).
+pub fn item_element(item: &PepItem) -> Option<Element> {
+    item_element_ns(item, NS_EVENT)
+}
+
+pub fn item_element_ns(item: &PepItem, ns: &str) -> Option<Element> {
+    let payload: Element = match item.payload.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, id = %item.id, "stored PEP payload does not parse");
+            return None;
+        }
+    };
+    Some(
+        Element::builder("item", ns)
+            .at("id", item.id.as_str())
+            .append(payload)
+            .build(),
+    )
+}
+
+fn event_message(from: &str, to: &str, child: &Element) -> Bytes {
+    let msg = Element::builder("message", NS_CLIENT)
+        .at("from", from)
+        .at("to", to)
+        .at("type", "headline")
+        .at("id", random_id())
+        .append(
+            Element::builder("event", NS_EVENT)
+                .append(child.clone())
+                .build(),
+        )
+        .build();
+    xml::to_bytes(&msg)
+}
+
+fn interested(f: Option<&Arc<Features>>, node: &str) -> bool {
+    f.is_some_and(|f| f.contains(&format!("{node}+notify")))
+}
+
+/// Send `child` (an `<items/>` or `<delete/>` of the event namespace) to every resource
+/// entitled to and interested in events of `node`.
+pub async fn broadcast(server: &ServerState, owner: &BareJid, node: &PepNode, child: Element) {
+    let Some(user) = super::user_of(owner) else {
+        return;
+    };
+    let mut targets: Vec<BareJid> = vec![owner.clone()];
+    if node.config.access_model != AccessModel::Whitelist {
+        match crate::roster::contacts(server, user).await {
+            Ok(list) => targets.extend(
+                list.iter()
+                    .filter(|(c, s)| {
+                        matches!(s, Subscription::From | Subscription::Both)
+                            && server.serves(c.domain().as_str())
+                    })
+                    .map(|(c, _)| c.clone()),
+            ),
+            Err(e) => tracing::error!(error = %e, "roster load failed for PEP notification"),
+        }
+    }
+    for bare in targets {
+        for r in server.router.resources(bare.as_str()) {
+            let Some(p) = &r.presence else { continue };
+            if !interested(caps::features(server, p).as_ref(), &node.name) {
+                continue;
+            }
+            let to = format!("{}/{}", bare.as_str(), r.resource);
+            r.handle
+                .send(Deliver::Bytes(event_message(owner.as_str(), &to, &child)));
+        }
+    }
+}
+
+/// What a session remembers about its caps, to act once per new verification string.
+#[derive(Debug, Default)]
+pub struct SessionCaps {
+    ver: Option<String>,
+}
+
+/// Hook for every available presence a session broadcasts: on the first one, or when the
+/// caps change, resolve them and send the last items the resource is interested in.
+pub fn presence_available(ctx: &Ctx<'_>, sc: &mut SessionCaps, st: &Stanza, initial: bool) {
+    let caps = caps::of_stanza(st);
+    let ver = caps.as_ref().map(|c| c.ver.clone());
+    let changed = ver != sc.ver;
+    sc.ver = ver;
+    let Some(caps) = caps else { return };
+    if !(initial || changed) {
+        return;
+    }
+    let server = ctx.server.clone();
+    let jid = ctx.jid.clone();
+    super::spawn(async move {
+        if let Some(f) = caps::resolve(&server, &jid, &caps).await {
+            last_items_for(&server, &jid, &f).await;
+        }
+    });
+}
+
+/// The session became unavailable: the next available presence starts afresh.
+pub fn presence_unavailable(sc: &mut SessionCaps) {
+    sc.ver = None;
+}
+
+fn interests(f: &Features) -> HashSet<&str> {
+    f.iter().filter_map(|x| x.strip_suffix("+notify")).collect()
+}
+
+/// XEP-0163 §6.2: a newly available resource gets the last item of each node it is
+/// interested in: its own account's and those of contacts it receives presence from.
+async fn last_items_for(server: &ServerState, jid: &FullJid, f: &Features) {
+    let wanted = interests(f);
+    tracing::debug!(%jid, ?wanted, "PEP: resource available with interests");
+    if wanted.is_empty() {
+        return;
+    }
+    let me = jid.to_bare();
+    let Some(user) = super::user_of(&me) else {
+        return;
+    };
+    send_last(server, &me, jid, &wanted, true, true).await;
+    let contacts = match crate::roster::contacts(server, user).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "roster load failed for PEP last items");
+            return;
+        }
+    };
+    for (c, s) in contacts.iter() {
+        tracing::debug!(%jid, contact = %c, ?s, "PEP: last items of contact?");
+        if matches!(s, Subscription::To | Subscription::Both) && server.serves(c.domain().as_str())
+        {
+            send_last(server, c, jid, &wanted, false, true).await;
+        }
+    }
+}
+
+/// Send `owner`'s last items of the `wanted` nodes to one full JID, as its node
+/// configurations allow (`send_last_published_item`: on coming online, or on subscription).
+async fn send_last(
+    server: &ServerState,
+    owner: &BareJid,
+    to: &FullJid,
+    wanted: &HashSet<&str>,
+    is_owner: bool,
+    on_presence: bool,
+) {
+    let Some(user) = super::user_of(owner) else {
+        return;
+    };
+    let last = match server.storage.pubsub().last_items(user).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "PEP last items load failed");
+            return;
+        }
+    };
+    for (node, item) in last {
+        let allowed = match node.config.send_last {
+            SendLast::Never => false,
+            SendLast::OnSub => !on_presence,
+            SendLast::OnSubAndPresence => true,
+        };
+        if !allowed || !wanted.contains(node.name.as_str()) {
+            continue;
+        }
+        if !is_owner && node.config.access_model == AccessModel::Whitelist {
+            continue;
+        }
+        let Some(el) = item_element(&item) else {
+            continue;
+        };
+        let child = Element::builder("items", NS_EVENT)
+            .at("node", node.name.as_str())
+            .append(el)
+            .build();
+        let bare = to.to_bare();
+        server.router.send_full(
+            bare.as_str(),
+            to.resource().as_str(),
+            Deliver::Bytes(event_message(owner.as_str(), to.as_str(), &child)),
+        );
+    }
+}
+
+/// `owner` approved `contact`'s presence subscription: the contact's available, interested
+/// resources get the last items now (XEP-0163 §6.1, "on_sub").
+pub fn subscription_approved(server: &Arc<ServerState>, owner: &BareJid, contact: &BareJid) {
+    if !server.serves(contact.domain().as_str()) {
+        return;
+    }
+    let server = server.clone();
+    let (owner, contact) = (owner.clone(), contact.clone());
+    super::spawn(async move {
+        for r in server.router.resources(contact.as_str()) {
+            let Some(p) = &r.presence else { continue };
+            let Some(f) = caps::features(&server, p) else {
+                continue;
+            };
+            let wanted = interests(&f);
+            if wanted.is_empty() {
+                continue;
+            }
+            if let Ok(full) = contact.with_resource_str(&r.resource) {
+                send_last(&server, &owner, &full, &wanted, false, false).await;
+            }
+        }
+    });
+}
