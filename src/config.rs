@@ -40,6 +40,8 @@ pub struct Config {
     pub c2s: C2s,
     pub limits: LimitsConfig,
     pub offline: Offline,
+    pub sm: StreamManagement,
+    pub csi: Csi,
     pub auth: Auth,
     pub server_info: ServerInfo,
     pub log: Log,
@@ -127,6 +129,31 @@ pub struct Offline {
     pub max_bytes: u64,
 }
 
+/// XEP-0198 Stream Management.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamManagement {
+    /// How long a resumable session whose connection dropped stays bound (presence kept,
+    /// stanzas queued) waiting to be resumed; a client may ask for less with 'max'.
+    pub resume_timeout_secs: u64,
+    /// Most stanzas sent and not yet acknowledged; beyond it the session is closed with
+    /// `<resource-constraint/>` (not resumable) and its unacknowledged messages go to
+    /// offline storage.
+    pub max_unacked: usize,
+    /// Request an ack (`<r/>`) once this many stanzas went out since the last request.
+    pub request_ack_after: u32,
+    /// Also request an ack before going idle when stanzas went out since the last request.
+    pub request_ack_when_idle: bool,
+}
+
+/// XEP-0352 Client State Indication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Csi {
+    /// Most stanzas held back for an inactive client; a full queue is flushed.
+    pub max_held: usize,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
@@ -165,6 +192,8 @@ impl Default for Config {
             c2s: C2s::default(),
             limits: LimitsConfig::default(),
             offline: Offline::default(),
+            sm: StreamManagement::default(),
+            csi: Csi::default(),
             auth: Auth::default(),
             server_info: ServerInfo::default(),
             log: Log::default(),
@@ -216,6 +245,23 @@ impl Default for Offline {
             max_messages: 1000,
             max_bytes: 8 * 1024 * 1024,
         }
+    }
+}
+
+impl Default for StreamManagement {
+    fn default() -> Self {
+        StreamManagement {
+            resume_timeout_secs: 300,
+            max_unacked: 500,
+            request_ack_after: 5,
+            request_ack_when_idle: true,
+        }
+    }
+}
+
+impl Default for Csi {
+    fn default() -> Self {
+        Csi { max_held: 256 }
     }
 }
 

@@ -35,6 +35,8 @@ pub struct ServerState {
     pub roster_locks: crate::roster::RosterLocks,
     /// Contact lists of online users (presence broadcast without a database query).
     pub contacts: crate::roster::ContactCache,
+    /// XEP-0198 resumable sessions by SM-ID.
+    pub sm: crate::c2s::sm::Registry,
 }
 
 impl ServerState {
@@ -95,6 +97,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         ),
         roster_locks: Default::default(),
         contacts: Default::default(),
+        sm: Default::default(),
         domains,
         storage,
         router: Router::new(),

@@ -137,6 +137,7 @@ impl Modules {
         m.add(Arc::new(crate::offline::OfflineModule));
         m.add(Arc::new(disco::ContactAddresses));
         m.add(Arc::new(disco::ServerCaps));
+        m.add(Arc::new(crate::c2s::sm::StreamFeatures));
         m
     }
 }
