@@ -338,6 +338,21 @@ mod tests {
         assert!(split_stanzas(b"  ").is_empty());
     }
 
+    /// The API other features (push) read: inactive (CSI) or detached (SM) sessions.
+    #[test]
+    fn client_state_flags() {
+        use crate::router::{SessionHandle, DETACHED, INACTIVE};
+        let h = SessionHandle::new(1, 4);
+        assert!(!h.is_inactive_or_detached());
+        h.set_client_state(INACTIVE, true);
+        h.set_client_state(DETACHED, true);
+        assert!(h.is_inactive() && h.is_detached());
+        h.set_client_state(INACTIVE, false);
+        assert!(!h.is_inactive() && h.is_detached() && h.is_inactive_or_detached());
+        h.set_client_state(DETACHED, false);
+        assert!(!h.is_inactive_or_detached());
+    }
+
     #[test]
     fn only_the_owner_can_resume() {
         let r = Registry::default();

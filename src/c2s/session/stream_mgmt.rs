@@ -73,13 +73,13 @@ impl Session<'_> {
     pub(super) fn nonza(&mut self, st: &Stanza) -> Result<(), End> {
         match (st.ns.as_str(), st.name.as_str()) {
             (sm::NS, "enable") => self.enable(st),
-            (sm::NS, "r") => match self.sm.is_some() {
-                true => {
-                    let h = self.sm.as_ref().map(|s| s.inbound).unwrap_or(0);
-                    self.write_nonza(&format!("<a xmlns='{}' h='{h}'/>", sm::NS));
-                }
-                false => self.write_nonza(&failed("unexpected-request")),
-            },
+            (sm::NS, "r") => {
+                let answer = match self.sm.as_deref() {
+                    Some(sm) => format!("<a xmlns='{}' h='{}'/>", sm::NS, sm.inbound),
+                    None => failed("unexpected-request"),
+                };
+                self.write_nonza(&answer);
+            }
             (sm::NS, "a") => {
                 let h = st
                     .element()
@@ -366,9 +366,10 @@ impl Session<'_> {
     }
 
     /// The session is over: what it never got acknowledged (and what was still queued or
-    /// held for it) is treated like a stanza to an unavailable resource (§4): messages with
-    /// a body go to offline storage, other messages and requests are bounced, the rest
-    /// (presence, results, errors) is dropped as it would be for an offline user.
+    /// held for it) is treated like a stanza to an unavailable resource (§4): chat/normal
+    /// messages with a body (or an encrypted payload) go to offline storage, other messages
+    /// that matter and IQ requests are bounced, the rest (presence, chat states, receipts,
+    /// results, errors) is dropped as it would be for an offline user.
     pub(super) async fn dispose_undelivered(&mut self, leftover: Vec<Deliver>) {
         let mut pending: Vec<Bytes> = Vec::new();
         let had_sm = self.sm.is_some();
@@ -377,7 +378,7 @@ impl Session<'_> {
                 self.conn.state.sm.remove(&r.id);
                 r.rx.close();
                 while let Ok(h) = r.rx.try_recv() {
-                    reject(h);
+                    reject(*h);
                 }
             }
             pending.extend(sm.unacked.drain(..));
@@ -417,8 +418,13 @@ impl Session<'_> {
         };
         let kind = st.type_.as_deref();
         let state = &self.conn.state;
+        // What a user would miss: a body, or what CSI would deliver at once (encrypted
+        // payloads, markers...). Chat states and receipts alone are dropped, as they would
+        // be for an offline user's client.
+        let matters =
+            st.name == "message" && (has_body(&el) || csi::classify(st.raw()) == Class::Important);
         match st.name.as_str() {
-            "message" if matches!(kind, None | Some("normal" | "chat")) && has_body(&el) => {
+            "message" if matches!(kind, None | Some("normal" | "chat")) && matters => {
                 if el.get_child("delay", crate::offline::NS_DELAY).is_none() {
                     let stamp = crate::stanza::now_ms();
                     el.append_child(
@@ -453,7 +459,7 @@ impl Session<'_> {
                 self.bounce_to_sender(&el);
                 false
             }
-            "message" if !matches!(kind, Some("error" | "headline")) => {
+            "message" if matters && !matches!(kind, Some("error" | "headline")) => {
                 self.bounce_to_sender(&el);
                 false
             }
@@ -498,7 +504,7 @@ fn has_body(el: &minidom::Element) -> bool {
 }
 
 /// A resumption that raced with the session's end: tell the client, and close.
-fn reject(h: Box<Handoff>) {
+fn reject(h: Handoff) {
     let mut conn = *h.conn;
     conn.write_bytes(failed("item-not-found").as_bytes());
     tokio::spawn(conn.finish(End::PeerClosed));
