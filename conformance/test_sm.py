@@ -322,7 +322,8 @@ def test_resumption_timeout_moves_unacked_messages_offline(make_server):
             watch.send_presence(ppriority=-1)   # never a target for bare-JID messages
             r = RawSm(srv, "rcpt")
             r.login("phone")
-            assert r.enable().get("max") == "2"
+            enabled = r.enable()
+            assert enabled.get("max") == "2"
             r.send("<presence/>")
             await watch.next_presence(lambda p: p.xml.get("from") == "rcpt@localhost/phone")
             r.kill()
@@ -330,6 +331,12 @@ def test_resumption_timeout_moves_unacked_messages_offline(make_server):
                 sender.send_message("rcpt@localhost/phone", f"while away {n}")
             await watch.next_presence(lambda p: p.xml.get("from") == "rcpt@localhost/phone"
                                       and p["type"] == "unavailable", timeout=20)
+        # The expired session cannot be resumed any more.
+        late = RawSm(srv, "rcpt")
+        try:
+            assert failed_condition(late.resume(enabled.get("id"), 0)) == "item-not-found"
+        finally:
+            late.kill()
         async with online(srv, "rcpt", PASSWORD, resource="back") as back:
             back.send_presence()
             for n in range(3):
@@ -398,3 +405,63 @@ def test_slixmpp_resumes_after_abrupt_drops_and_counts_every_message_once(server
         assert sum(resent) > 0, "no resumption had anything to re-send"
 
     run(scenario(), timeout=240)
+
+
+def test_unacked_messages_of_a_non_resumable_session_go_offline(server, accounts):
+    """§4: when an SM session ends, what the client did not acknowledge is not lost; what it
+    acknowledged is not delivered twice."""
+    sender, receiver = accounts(server, "sns", "snr")
+    to = f"{receiver}@localhost/phone"
+    watch = RawSm(server, receiver)   # sees the phone go unavailable once it is cleaned up
+    watch.login("watch")
+    watch.send("<presence><priority>-1</priority></presence>")
+    r = RawSm(server, receiver)
+    r.login("phone")
+    r.enable(resume=False)
+    r.auto_ack = False
+    s = RawSm(server, sender)
+
+    def next_el(c, pred):
+        while True:
+            el = c.read()
+            if pred(el):
+                return el
+
+    def is_msg(el):
+        return el.tag == q(NS_CLIENT, "message")
+
+    def phone_presence(kind):
+        return lambda el: (el.tag == q(NS_CLIENT, "presence") and el.get("type") == kind
+                           and el.get("from") == to)
+
+    try:
+        r.send("<presence/>")
+        next_el(watch, phone_presence(None))
+        s.login("desk")
+        s.send(message(to, "acked"))
+        assert body_of(next_el(r, is_msg)) == "acked"
+        r.send(f"<a xmlns='{NS_SM}' h='{r.handled}'/>")
+        s.send(message(to, "not acked"))
+        assert body_of(next_el(r, is_msg)) == "not acked"
+        r.kill()
+        next_el(watch, phone_presence("unavailable"))
+        # A plain login with initial presence gets exactly the unacknowledged one.
+        r2 = RawSm(server, receiver)
+        try:
+            r2.login("laptop")
+            r2.send("<presence/>")
+            r2.send("<iq type='get' id='settle' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+            bodies = []
+            while True:
+                el = r2.read()
+                if is_msg(el):
+                    assert el.find(q(NS_DELAY, "delay")) is not None
+                    bodies.append(body_of(el))
+                if el.tag == q(NS_CLIENT, "iq") and el.get("id") == "settle":
+                    break
+            assert bodies == ["not acked"]
+        finally:
+            r2.kill()
+    finally:
+        for c in (s, watch):
+            c.kill()
