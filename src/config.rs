@@ -42,6 +42,8 @@ pub struct Config {
     pub offline: Offline,
     pub mam: Mam,
     pub pep: Pep,
+    pub sm: StreamManagement,
+    pub csi: Csi,
     pub auth: Auth,
     pub server_info: ServerInfo,
     pub log: Log,
@@ -169,6 +171,29 @@ pub struct Pep {
     pub max_pending_queries: usize,
     /// How long the server waits for a client's disco#info answer.
     pub query_timeout_secs: u64,
+/// XEP-0198 Stream Management.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamManagement {
+    /// How long a resumable session whose connection dropped stays bound (presence kept,
+    /// stanzas queued) waiting to be resumed; a client may ask for less with 'max'.
+    pub resume_timeout_secs: u64,
+    /// Most stanzas sent and not yet acknowledged; beyond it the session is closed with
+    /// `<resource-constraint/>` (not resumable) and its unacknowledged messages go to
+    /// offline storage.
+    pub max_unacked: usize,
+    /// Request an ack (`<r/>`) once this many stanzas went out since the last request.
+    pub request_ack_after: u32,
+    /// Also request an ack before going idle when stanzas went out since the last request.
+    pub request_ack_when_idle: bool,
+}
+
+/// XEP-0352 Client State Indication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Csi {
+    /// Most stanzas held back for an inactive client; a full queue is flushed.
+    pub max_held: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +236,8 @@ impl Default for Config {
             offline: Offline::default(),
             mam: Mam::default(),
             pep: Pep::default(),
+            sm: StreamManagement::default(),
+            csi: Csi::default(),
             auth: Auth::default(),
             server_info: ServerInfo::default(),
             log: Log::default(),
@@ -414,7 +441,20 @@ impl Default for Pep {
             caps_cache_size: 10_000,
             max_pending_queries: 1000,
             query_timeout_secs: 30,
+impl Default for StreamManagement {
+    fn default() -> Self {
+        StreamManagement {
+            resume_timeout_secs: 300,
+            max_unacked: 500,
+            request_ack_after: 5,
+            request_ack_when_idle: true,
         }
+    }
+}
+
+impl Default for Csi {
+    fn default() -> Self {
+        Csi { max_held: 256 }
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Mailbox {
     cap: usize,
     /// Set once the client has requested its roster (RFC 6121 §2.1.6 "interested resource").
     pub interested: AtomicBool,
+    /// [`INACTIVE`] and [`DETACHED`] bits, kept by the session task for others to read
+    /// (e.g. push notifications: wake a client that is inactive or has no connection).
+    client_state: AtomicU8,
     /// Per-session opt-ins set by IQ handlers ([`opt_in`] bits), read on the hot path with
     /// one atomic load.
     pub opt_in: AtomicU8,
@@ -80,6 +83,11 @@ pub mod opt_in {
     /// XEP-0191: the session requested the blocklist (it gets block/unblock pushes).
     pub const BLOCKLIST: u8 = 1 << 1;
 }
+
+/// XEP-0352: the client said `<inactive/>`.
+pub const INACTIVE: u8 = 1;
+/// XEP-0198: the connection dropped and the session waits to be resumed.
+pub const DETACHED: u8 = 2;
 
 #[derive(Debug, Default)]
 struct MailboxInner {
@@ -96,6 +104,7 @@ impl Mailbox {
             kicked: Notify::new(),
             cap: cap.max(1),
             interested: AtomicBool::new(false),
+            client_state: AtomicU8::new(0),
             opt_in: AtomicU8::new(0),
         }
     }
@@ -160,6 +169,14 @@ impl Mailbox {
         m.queue = VecDeque::new();
     }
 
+    /// Refuse further deliveries and return what was still queued (XEP-0198: a session
+    /// that ends disposes of it rather than dropping it).
+    pub fn close_and_take(&self) -> Vec<Deliver> {
+        let mut m = self.lock();
+        m.closed = true;
+        std::mem::take(&mut m.queue).into()
+    }
+
     /// Resolves after at least one delivery was queued since the last call (or immediately
     /// if one was queued while nobody waited).
     pub async fn ready(&self) {
@@ -205,6 +222,29 @@ impl SessionHandle {
         self.mailbox.interested.store(true, Ordering::Relaxed)
     }
 
+    /// XEP-0352: the client is inactive (its stanzas may be held back).
+    pub fn is_inactive(&self) -> bool {
+        self.mailbox.client_state.load(Ordering::Relaxed) & INACTIVE != 0
+    }
+
+    /// XEP-0198: the session has no connection and waits to be resumed; stanzas queue up.
+    pub fn is_detached(&self) -> bool {
+        self.mailbox.client_state.load(Ordering::Relaxed) & DETACHED != 0
+    }
+
+    /// Inactive or detached: the client will not see a stanza soon unless woken (push).
+    pub fn is_inactive_or_detached(&self) -> bool {
+        self.mailbox.client_state.load(Ordering::Relaxed) != 0
+    }
+
+    /// Set or clear an [`INACTIVE`]/[`DETACHED`] bit (the session task does this).
+    pub fn set_client_state(&self, bit: u8, on: bool) {
+        if on {
+            self.mailbox.client_state.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            self.mailbox.client_state.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
     /// Whether the session opted into `flag` (an [`opt_in`] bit).
     pub fn opted_in(&self, flag: u8) -> bool {
         self.mailbox.opt_in.load(Ordering::Relaxed) & flag != 0

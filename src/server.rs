@@ -45,6 +45,8 @@ pub struct ServerState {
     pub pep: crate::pep::PepState,
     /// IQs the server sent to clients and awaits answers for.
     pub iq_out: crate::iq_out::PendingIqs,
+    /// XEP-0198 resumable sessions by SM-ID.
+    pub sm: crate::c2s::sm::Registry,
 }
 
 impl ServerState {
@@ -112,6 +114,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         archive,
         pep: Default::default(),
         iq_out: Default::default(),
+        sm: Default::default(),
         domains,
         storage,
         router: Router::new(),

@@ -15,8 +15,10 @@ use crate::server::ServerState;
 use crate::stanza::NS_STREAMS;
 use crate::xml::{self, Event, StreamParser, XmlError, NS_STREAM};
 
+pub mod csi;
 mod negotiate;
 pub mod session;
+pub mod sm;
 mod transport;
 
 pub use transport::Transport;
@@ -98,6 +100,11 @@ pub enum End {
     Error(&'static str, Option<String>),
     /// I/O failure: nothing more can be written.
     Io,
+    /// A stream error with an application-specific condition element (serialized) after the
+    /// defined one, e.g. XEP-0198's `<handled-count-too-high/>`.
+    ErrorApp(&'static str, String, Option<String>),
+    /// The connection was handed to another task (XEP-0198 resumption): not ours to close.
+    Handover,
 }
 
 impl From<XmlError> for End {
@@ -190,6 +197,26 @@ impl Conn {
         Ok(n)
     }
 
+    /// Move the live connection out (XEP-0198 resumption hands it to the session being
+    /// resumed), leaving this one without a transport.
+    pub fn take(&mut self) -> Conn {
+        let limits = self.state.limits.clone();
+        Conn {
+            state: self.state.clone(),
+            io: std::mem::replace(&mut self.io, Transport::Gone),
+            parser: std::mem::replace(&mut self.parser, StreamParser::new(limits)),
+            read_pending: self.read_pending,
+            out: std::mem::take(&mut self.out),
+            peer: self.peer,
+            bindings: std::mem::take(&mut self.bindings),
+            domain: self.domain.clone(),
+            stream_id: self.stream_id.clone(),
+            header_sent: std::mem::replace(&mut self.header_sent, false),
+            last_read: self.last_read,
+            last_write: self.last_write,
+        }
+    }
+
     /// Release idle buffers (memory per idle session matters at scale).
     pub fn shrink(&mut self) {
         if self.out.is_empty() && self.out.capacity() > 0 {
@@ -246,24 +273,29 @@ impl Conn {
     /// Close the stream: a stream error if there is one (preceded by our header when none was
     /// sent yet, RFC 6120 §4.9.1.1), then `</stream:stream>`, then the TCP/TLS close.
     pub async fn finish(mut self, end: End) {
-        match &end {
-            End::Io => return,
-            End::PeerClosed => {}
-            End::Error(cond, text) => {
-                tracing::debug!(peer = %self.peer, condition = cond, text = ?text, "stream error");
-                if !self.header_sent {
-                    self.send_header();
-                }
-                let mut e = format!("<stream:error><{cond} xmlns='{NS_STREAMS}'/>");
-                if let Some(t) = text {
-                    e.push_str(&format!(
-                        "<text xmlns='{NS_STREAMS}' xml:lang='en'>{}</text>",
-                        xml::escape(t)
-                    ));
-                }
-                e.push_str("</stream:error>");
-                self.out.extend_from_slice(e.as_bytes());
+        let (cond, app, text) = match end {
+            End::Io | End::Handover => return,
+            End::PeerClosed => (None, None, None),
+            End::Error(cond, text) => (Some(cond), None, text),
+            End::ErrorApp(cond, app, text) => (Some(cond), Some(app), text),
+        };
+        if let Some(cond) = cond {
+            tracing::debug!(peer = %self.peer, condition = cond, text = ?text, "stream error");
+            if !self.header_sent {
+                self.send_header();
             }
+            let mut e = format!("<stream:error><{cond} xmlns='{NS_STREAMS}'/>");
+            if let Some(a) = app {
+                e.push_str(&a);
+            }
+            if let Some(t) = text {
+                e.push_str(&format!(
+                    "<text xmlns='{NS_STREAMS}' xml:lang='en'>{}</text>",
+                    xml::escape(&t)
+                ));
+            }
+            e.push_str("</stream:error>");
+            self.out.extend_from_slice(e.as_bytes());
         }
         if self.header_sent {
             self.out.extend_from_slice(b"</stream:stream>");

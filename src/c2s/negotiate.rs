@@ -105,6 +105,12 @@ async fn negotiate_inner(conn: &mut Conn) -> Result<Bound, End> {
                         return Ok(bound);
                     }
                 }
+                (super::sm::NS, "resume", Some(u)) => {
+                    if super::session::request_resume(conn, &st, u) {
+                        return Err(End::Handover);
+                    }
+                }
+                (super::sm::NS, _, _) => super::session::preauth_nonza(conn),
                 (NS_CLIENT, _, _) => {
                     return Err(End::Error(
                         "not-authorized",

@@ -17,6 +17,9 @@ use crate::server::ServerState;
 use crate::stanza::{error_reply, iq_result, parse_jid, Condition, StanzaError};
 use crate::xml::{self, Event, Stanza, NS_CLIENT};
 
+mod stream_mgmt;
+pub(crate) use stream_mgmt::{preauth_nonza, request_resume};
+
 /// What stanza handling needs to know about the sending session.
 pub struct Ctx<'a> {
     pub server: &'a Arc<ServerState>,
@@ -63,6 +66,12 @@ struct Session<'c> {
     bare: BareJid,
     handle: SessionHandle,
     presence: crate::presence::PresenceState,
+    /// XEP-0198 state once enabled; boxed so sessions without it pay one pointer.
+    sm: Option<Box<crate::c2s::sm::SmState>>,
+    /// XEP-0352: Some while the client is inactive (what is held back for it).
+    csi: Option<Box<crate::c2s::csi::CsiState>>,
+    /// The client ended its stream with `</stream>`: never kept for resumption.
+    closed_cleanly: bool,
 }
 
 /// Run a bound session until it ends; returns why, for the caller to close the stream.
@@ -74,8 +83,19 @@ pub async fn run(conn: &mut Conn, b: Bound) -> End {
         bare,
         handle: b.handle,
         presence: Default::default(),
+        sm: None,
+        csi: None,
+        closed_cleanly: false,
     };
-    let end = s.main_loop().await;
+    // A resumable session outlives its connection (XEP-0198 §5): it goes round again on
+    // the connection that resumed it.
+    let end = loop {
+        let end = s.main_loop().await;
+        match Box::pin(s.after_loop(end)).await {
+            Ok(()) => continue,
+            Err(end) => break end,
+        }
+    };
     // Boxed, like everything that runs rarely: inline, their state would be reserved in the
     // session's future for its whole life (see `c2s::run_connection`).
     Box::pin(s.cleanup()).await;
@@ -111,6 +131,9 @@ impl Session<'_> {
             // A client that stops reading must not pin this task: the write is bounded by the
             // idle timeout and abandoned when the session is kicked (e.g. its queue overflowed).
             if !self.conn.out.is_empty() {
+                if let Err(e) = self.before_flush() {
+                    return e;
+                }
                 let write = tokio::time::timeout(idle, self.conn.flush());
                 tokio::select! {
                     biased;
@@ -125,7 +148,11 @@ impl Session<'_> {
                         Err(_) => return End::Error("connection-timeout", Some("not reading".into())),
                     },
                 }
+                self.flushed();
                 // More may have been queued while writing.
+                continue;
+            }
+            if self.before_idle() {
                 continue;
             }
             self.conn.shrink();
@@ -139,6 +166,13 @@ impl Session<'_> {
                 }
                 _ = shutdown.changed() => return End::Error("system-shutdown", None),
                 _ = mailbox.ready() => {}
+                h = Self::next_handoff(&mut self.sm) => {
+                    // XEP-0198 §5: resumed elsewhere while this connection still looks alive.
+                    if let Some(sm) = self.sm.as_deref_mut() {
+                        sm.takeover = Some(h);
+                    }
+                    return End::Handover;
+                }
                 r = self.conn.read_some() => match r {
                     Ok(true) => {}
                     Ok(false) => return End::PeerClosed,
@@ -161,8 +195,16 @@ impl Session<'_> {
             match self.conn.parser.next_event()? {
                 // Boxed per stanza: stanza handling's state is several times that of an
                 // idle session, and idle sessions are the many.
+                Some(Event::Stanza(st))
+                    if st.ns == crate::c2s::sm::NS || st.ns == crate::c2s::csi::NS =>
+                {
+                    self.nonza(&st)?
+                }
                 Some(Event::Stanza(st)) => Box::pin(self.handle_stanza(st)).await?,
-                Some(Event::Close) => return Err(End::PeerClosed),
+                Some(Event::Close) => {
+                    self.closed_cleanly = true;
+                    return Err(End::PeerClosed);
+                }
                 Some(Event::Open(_)) => {
                     return Err(End::Error(
                         "bad-format",
@@ -176,12 +218,12 @@ impl Session<'_> {
 
     fn deliver(&mut self, d: Deliver) {
         match d {
-            Deliver::Bytes(b) => self.conn.write_bytes(&b),
+            Deliver::Bytes(b) => self.emit(b),
             Deliver::RosterPush(el) => {
                 if self.handle.interested() {
                     let mut el = (*el).clone();
                     el.put_attr("to", self.jid.as_str());
-                    self.conn.write_el(&el);
+                    self.emit(xml::to_bytes(&el));
                 }
             }
         }
@@ -194,6 +236,7 @@ impl Session<'_> {
                 Some(format!("<{}/> in {}", st.name, st.ns)),
             ));
         }
+        self.handled();
         // RFC 6120 §8.1.2.1: a 'from' must be this session's own address.
         if let Some(from) = st.from.as_deref() {
             match parse_jid(from) {
@@ -235,7 +278,8 @@ impl Session<'_> {
     }
 
     async fn cleanup(&mut self) {
-        self.handle.mailbox.close();
+        let leftover = self.handle.mailbox.close_and_take();
+        Box::pin(self.dispose_undelivered(leftover)).await;
         let ctx = Ctx {
             server: &self.conn.state,
             jid: &self.jid,

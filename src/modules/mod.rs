@@ -160,6 +160,7 @@ impl Modules {
         m.add(Arc::new(private::PrivateStorage));
         m.add(Arc::new(extdisco::ExternalServices));
         m.add(Arc::new(crate::push::PushModule));
+        m.add(Arc::new(crate::c2s::sm::StreamFeatures));
         m
     }
 }
