@@ -155,6 +155,8 @@ pub struct Mam {
     pub write_queue: usize,
     /// Most archive rows inserted in one transaction.
     pub write_batch: usize,
+}
+
 /// XEP-0163 personal eventing (each account's pubsub service) and the XEP-0115 caps it uses.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -171,6 +173,8 @@ pub struct Pep {
     pub max_pending_queries: usize,
     /// How long the server waits for a client's disco#info answer.
     pub query_timeout_secs: u64,
+}
+
 /// XEP-0198 Stream Management.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -432,6 +436,10 @@ impl Default for Mam {
             expiry_batch: 10_000,
             write_queue: 4096,
             write_batch: 256,
+        }
+    }
+}
+
 impl Default for Pep {
     fn default() -> Self {
         Pep {
@@ -441,6 +449,10 @@ impl Default for Pep {
             caps_cache_size: 10_000,
             max_pending_queries: 1000,
             query_timeout_secs: 30,
+        }
+    }
+}
+
 impl Default for StreamManagement {
     fn default() -> Self {
         StreamManagement {

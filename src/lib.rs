@@ -6,12 +6,11 @@
 //! features, `storage` persists per domain over SQLite or PostgreSQL.
 pub mod blocking;
 pub mod c2s;
+pub mod caps;
 pub mod carbons;
 pub mod config;
-pub mod mam;
-pub mod caps;
-pub mod config;
 pub mod iq_out;
+pub mod mam;
 pub mod message;
 pub mod modules;
 pub mod offline;

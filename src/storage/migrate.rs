@@ -24,18 +24,24 @@ pub(super) const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0001_init.sql"),
     },
     Migration {
-        version: 5,
-        name: "vcard_private_push",
-        sql: include_str!("../../migrations/sqlite/0005_vcard_private_push.sql"),
-        version: 3,
-        name: "blocking",
-        sql: include_str!("../../migrations/sqlite/0003_blocking.sql"),
         version: 2,
         name: "archive",
         sql: include_str!("../../migrations/sqlite/0002_archive.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "blocking",
+        sql: include_str!("../../migrations/sqlite/0003_blocking.sql"),
+    },
+    Migration {
         version: 4,
         name: "pep",
         sql: include_str!("../../migrations/sqlite/0004_pep.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "vcard_private_push",
+        sql: include_str!("../../migrations/sqlite/0005_vcard_private_push.sql"),
     },
 ];
 
@@ -46,18 +52,24 @@ pub(super) const POSTGRES: &[Migration] = &[
         sql: include_str!("../../migrations/postgres/0001_init.sql"),
     },
     Migration {
-        version: 5,
-        name: "vcard_private_push",
-        sql: include_str!("../../migrations/postgres/0005_vcard_private_push.sql"),
-        version: 3,
-        name: "blocking",
-        sql: include_str!("../../migrations/postgres/0003_blocking.sql"),
         version: 2,
         name: "archive",
         sql: include_str!("../../migrations/postgres/0002_archive.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "blocking",
+        sql: include_str!("../../migrations/postgres/0003_blocking.sql"),
+    },
+    Migration {
         version: 4,
         name: "pep",
         sql: include_str!("../../migrations/postgres/0004_pep.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "vcard_private_push",
+        sql: include_str!("../../migrations/postgres/0005_vcard_private_push.sql"),
     },
 ];
 

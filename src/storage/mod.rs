@@ -141,10 +141,13 @@ impl Storage {
     /// XEP-0357 push registrations.
     pub fn push(&self) -> PushRegistrations<'_> {
         PushRegistrations { s: self }
+    }
     pub fn blocklist(&self) -> Blocklist<'_> {
         Blocklist { s: self }
+    }
     pub fn archive(&self) -> Archive<'_> {
         Archive { s: self }
+    }
     pub fn pubsub(&self) -> Pubsub<'_> {
         Pubsub { s: self }
     }
@@ -339,6 +342,9 @@ pub struct Offline<'a> {
 }
 
 pub struct Blocklist<'a> {
+    s: &'a Storage,
+}
+
 pub struct Archive<'a> {
     s: &'a Storage,
 }
