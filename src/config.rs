@@ -570,6 +570,9 @@ impl Config {
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls: set both cert and key, or neither".into());
         }
+        if self.push.response_timeout_secs == 0 {
+            return bad("push.response_timeout_secs: must be positive".into());
+        }
         for svc in &self.extdisco.services {
             if svc.kind.is_empty() || svc.host.is_empty() {
                 return bad("extdisco.services: every service needs a type and a host".into());
@@ -725,5 +728,6 @@ mod tests {
         assert!(Config::from_parts("[listen]\nc2s = \"nowhere\"\n", env(&[])).is_err());
         assert!(Config::from_parts("[tls]\ncert = \"a.pem\"\n", env(&[])).is_err());
         assert!(Config::from_parts("domain = \"user@host\"\n", env(&[])).is_err());
+        assert!(Config::from_parts("[push]\nresponse_timeout_secs = 0\n", env(&[])).is_err());
     }
 }
