@@ -217,7 +217,7 @@ def test_block_hides_presence_and_unblock_restores_it(server, accounts):
             await alice.next_presence(presence(f"{b}@localhost/desk", "available"))
             await bob.next_presence(presence(f"{a}@localhost/pc", "available"))
             await bob.xmpp["xep_0191"].block([f"{a}@localhost"])
-            # §3.2: the blocked contact sees bob go offline, and bob sees alice go.
+            # §3.3: the blocked contact sees bob go offline, and bob sees alice go.
             await alice.next_presence(presence(f"{b}@localhost/desk", "unavailable"))
             await bob.next_presence(presence(f"{a}@localhost/pc", "unavailable"))
             # Presence changes no longer flow either way.
@@ -229,7 +229,7 @@ def test_block_hides_presence_and_unblock_restores_it(server, accounts):
             await fence(carol, bob)
             assert alice.presences.drain(presence(f"{b}@localhost", "available")) == []
             assert bob.presences.drain(presence(f"{a}@localhost", "available")) == []
-            # §3.3: unblocking sends bob's current presence (and alice's comes back).
+            # §3.4: unblocking sends bob's current presence (and alice's comes back).
             await bob.xmpp["xep_0191"].unblock([f"{a}@localhost"])
             p = await alice.next_presence(presence(f"{b}@localhost/desk", "available"))
             assert p["status"] == "busy now"

@@ -1,13 +1,16 @@
 //! XEP-0280 Message Carbons (with the XEP-0334 `<no-copy/>` hint): sessions opt in with an
 //! enable/disable IQ (a bit on their mailbox, so the hot path costs one atomic load per
 //! resource), and eligible one-to-one messages are copied, wrapped in XEP-0297
-//! `<forwarded/>`, to the sender's other opted-in resources (`<sent/>`, §5) and to the
-//! recipient's opted-in resources that did not get the original (`<received/>`, §4).
+//! `<forwarded/>`, to the sender's other opted-in resources (`<sent/>`, §8) and to the
+//! recipient's opted-in resources that did not get the original (`<received/>`, §7).
 //!
 //! Both ends are local (no server-to-server yet), so one hook after routing does both sides.
 //! The forwarded original is serialized once per message; each copy only adds its own
-//! `<message from='bare' to='full'>` envelope, because §4 requires the copy's 'to' to be the
+//! `<message from='bare' to='full'>` envelope, because §7 requires the copy's 'to' to be the
 //! receiving resource.
+//!
+//! `<private/>` is left in the delivered message: version 1.0.1 (§9) lifted the old requirement
+//! to strip it, since stripping let a sender silently change how a message was delivered.
 //!
 //! Forgery (§11): the server stamps every client stanza with the sender's full JID, so a
 //! `<sent/>`/`<received/>` injected by a client never arrives from a bare JID, which is what
@@ -51,7 +54,7 @@ impl Module for CarbonsModule {
     }
 }
 
-/// §3/§4: enable or disable for the requesting session; repeated requests just succeed (§9.1).
+/// §4/§5: enable or disable for the requesting session; repeats just succeed (§10.1).
 fn toggle(req: &IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
     if !req.is_self() {
         return Err(StanzaError::new(Condition::NotAllowed));
