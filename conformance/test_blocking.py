@@ -124,6 +124,9 @@ def test_stanzas_from_blocked_jid_are_not_delivered(server, accounts):
             reply = await alice.iq_xml(f"<iq type='get' to='{b}@localhost/desk'>"
                                        f"<ping xmlns='urn:xmpp:ping'/></iq>")
             assert error_condition(reply.xml) == "service-unavailable"
+            reply = await carol_good.iq_xml(f"<iq type='get' to='{b}@localhost/desk'>"
+                                            f"<ping xmlns='urn:xmpp:ping'/></iq>")
+            assert reply["type"] == "result", "bob's client answers a JID he does not block"
             # Presence: dropped without an error.
             alice.send_presence(pto=f"{b}@localhost/desk", pstatus="see me")
             await settle(alice)
@@ -138,8 +141,15 @@ def test_stanzas_from_blocked_jid_are_not_delivered(server, accounts):
             assert bob.presences.drain(presence(f"{a}@localhost")) == []
             assert alice.messages.drain(lambda m: m["type"] == "error") == [], \
                 "an error was returned for blocked presence"
+            # A domain entry blocks every JID at that domain (but never bob's own resources).
+            await bob.xmpp["xep_0191"].block(["localhost"])
+            carol_good.send_message(f"{b}@localhost", "domain blocked")
+            err = await carol_good.next_message(lambda m: m["type"] == "error")
+            assert error_condition(err.xml) == "service-unavailable"
+            bob.send_message(f"{b}@localhost/desk", "note to self", mtype="headline")
+            await bob.next_message(lambda m: m["body"] == "note to self")
             # Unblocked, stanzas flow again.
-            await bob.xmpp["xep_0191"].unblock([f"{a}@localhost"])
+            await bob.xmpp["xep_0191"].unblock([f"{a}@localhost", "localhost"])
             alice.send_message(f"{b}@localhost", "hello again")
             await bob.next_message(lambda m: m["body"] == "hello again")
     run(scenario())
@@ -158,6 +168,13 @@ def test_stanzas_to_blocked_jid_are_refused(server, accounts):
             reply = await bob.iq_xml(f"<iq type='get' to='{a}@localhost/pc'>"
                                      f"<ping xmlns='urn:xmpp:ping'/></iq>")
             assert blocked_error(reply) == ("not-acceptable", True), reply
+            # Also to the blocked JID's bare address (answered by the server for it).
+            reply = await bob.iq_xml(f"<iq type='get' to='{a}@localhost'>"
+                                     f"<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+            assert blocked_error(reply) == ("not-acceptable", True), reply
+            bob.send_presence(pto=f"{a}@localhost")
+            err = await bob.next_presence(lambda p: p["type"] == "error")
+            assert blocked_error(err) == ("not-acceptable", True), err
             # Nothing reached alice: after unblocking, the next message from bob is the first
             # one she sees (bob's stanzas are routed in order).
             await bob.xmpp["xep_0191"].unblock([f"{a}@localhost"])
@@ -200,7 +217,7 @@ def test_block_hides_presence_and_unblock_restores_it(server, accounts):
             await alice.next_presence(presence(f"{b}@localhost/desk", "available"))
             await bob.next_presence(presence(f"{a}@localhost/pc", "available"))
             await bob.xmpp["xep_0191"].block([f"{a}@localhost"])
-            # §3.2: the blocked contact sees bob go offline, and bob sees alice go.
+            # §3.3: the blocked contact sees bob go offline, and bob sees alice go.
             await alice.next_presence(presence(f"{b}@localhost/desk", "unavailable"))
             await bob.next_presence(presence(f"{a}@localhost/pc", "unavailable"))
             # Presence changes no longer flow either way.
@@ -212,7 +229,7 @@ def test_block_hides_presence_and_unblock_restores_it(server, accounts):
             await fence(carol, bob)
             assert alice.presences.drain(presence(f"{b}@localhost", "available")) == []
             assert bob.presences.drain(presence(f"{a}@localhost", "available")) == []
-            # §3.3: unblocking sends bob's current presence (and alice's comes back).
+            # §3.4: unblocking sends bob's current presence (and alice's comes back).
             await bob.xmpp["xep_0191"].unblock([f"{a}@localhost"])
             p = await alice.next_presence(presence(f"{b}@localhost/desk", "available"))
             assert p["status"] == "busy now"

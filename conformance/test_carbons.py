@@ -160,7 +160,7 @@ def test_disable_stops_copies_and_non_chat_is_not_copied(server, accounts):
         async with client(server, a, "r1") as r1, client(server, a, "r2") as r2, \
                 client(server, b, "b1") as b1:
             await r2.xmpp["xep_0280"].disable()
-            await r2.xmpp["xep_0280"].disable()   # §9.1: repeating is not an error
+            await r2.xmpp["xep_0280"].disable()   # §10.1: repeating is not an error
             chat(r1, f"{b}@localhost", "after disable")
             await b1.next_message(body_is("after disable"))
             # A headline and an empty 'normal' message are not IM traffic.

@@ -1,13 +1,16 @@
 //! XEP-0280 Message Carbons (with the XEP-0334 `<no-copy/>` hint): sessions opt in with an
 //! enable/disable IQ (a bit on their mailbox, so the hot path costs one atomic load per
 //! resource), and eligible one-to-one messages are copied, wrapped in XEP-0297
-//! `<forwarded/>`, to the sender's other opted-in resources (`<sent/>`, §5) and to the
-//! recipient's opted-in resources that did not get the original (`<received/>`, §4).
+//! `<forwarded/>`, to the sender's other opted-in resources (`<sent/>`, §8) and to the
+//! recipient's opted-in resources that did not get the original (`<received/>`, §7).
 //!
 //! Both ends are local (no server-to-server yet), so one hook after routing does both sides.
 //! The forwarded original is serialized once per message; each copy only adds its own
-//! `<message from='bare' to='full'>` envelope, because §4 requires the copy's 'to' to be the
+//! `<message from='bare' to='full'>` envelope, because §7 requires the copy's 'to' to be the
 //! receiving resource.
+//!
+//! `<private/>` is left in the delivered message: version 1.0.1 (§9) lifted the old requirement
+//! to strip it, since stripping let a sender silently change how a message was delivered.
 //!
 //! Forgery (§11): the server stamps every client stanza with the sender's full JID, so a
 //! `<sent/>`/`<received/>` injected by a client never arrives from a bare JID, which is what
@@ -31,6 +34,8 @@ const NS_RECEIPTS: &str = "urn:xmpp:receipts";
 const NS_CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 const NS_MARKERS: &str = "urn:xmpp:chat-markers:0";
 const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// XEP-0249 direct MUC invitations.
+const NS_CONFERENCE: &str = "jabber:x:conference";
 
 pub struct CarbonsModule;
 
@@ -49,7 +54,7 @@ impl Module for CarbonsModule {
     }
 }
 
-/// §3/§4: enable or disable for the requesting session; repeated requests just succeed (§9.1).
+/// §4/§5: enable or disable for the requesting session; repeats just succeed (§10.1).
 fn toggle(req: &IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
     if !req.is_self() {
         return Err(StanzaError::new(Condition::NotAllowed));
@@ -104,8 +109,11 @@ pub fn copy(ctx: &Ctx<'_>, st: &Stanza, kind: &str, to: &BareJid, how: Delivered
     }
     // Only now is the stanza parsed: most messages have nobody to copy to.
     let Ok(mut el) = st.element() else { return };
-    if !eligible(&el, kind) {
-        return;
+    match eligible(&el, kind) {
+        Copies::None => return,
+        Copies::SentOnly if sent.is_empty() => return,
+        Copies::SentOnly => received.clear(),
+        Copies::Both => {}
     }
     el.put_attr("from", ctx.jid.as_str());
     let forwarded = xml::to_bytes(&Element::builder("forwarded", NS_FORWARD).append(el).build());
@@ -119,23 +127,40 @@ pub fn copy(ctx: &Ctx<'_>, st: &Stanza, kind: &str, to: &BareJid, how: Delivered
     }
 }
 
+/// Which copies a message gets under §6.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copies {
+    None,
+    /// A private message to a MUC occupant: the sender's resources get `<sent/>` copies,
+    /// but the room already replicates what its occupants receive.
+    SentOnly,
+    Both,
+}
+
 /// §6.1 eligibility (the part that depends on content): IM payloads, no opt-out, and not
-/// already a carbon or a MUC message.
-fn eligible(el: &Element, kind: &str) -> bool {
-    let mut im = kind == "chat";
+/// already a carbon.
+fn eligible(el: &Element, kind: &str) -> Copies {
+    let (mut im, mut muc) = (kind == "chat", false);
     for c in el.children() {
         let ns = c.ns();
         match (ns.as_str(), c.name()) {
-            (NS, "private" | "sent" | "received") | (NS_HINTS, "no-copy") | (NS_MUC_USER, _) => {
-                return false
-            }
-            (NS_CLIENT, "body") | (NS_RECEIPTS, _) | (NS_CHATSTATES, _) | (NS_MARKERS, _) => {
-                im = true
-            }
+            (NS, "private" | "sent" | "received") | (NS_HINTS, "no-copy") => return Copies::None,
+            // A mediated MUC invitation is IM traffic; other MUC payloads mark a MUC PM.
+            (NS_MUC_USER, _) if c.get_child("invite", NS_MUC_USER).is_none() => muc = true,
+            (NS_CLIENT, "body")
+            | (NS_RECEIPTS, _)
+            | (NS_CHATSTATES, _)
+            | (NS_MARKERS, _)
+            | (NS_CONFERENCE, _)
+            | (NS_MUC_USER, _) => im = true,
             _ => {}
         }
     }
-    im
+    match (im, muc) {
+        (false, _) => Copies::None,
+        (true, true) => Copies::SentOnly,
+        (true, false) => Copies::Both,
+    }
 }
 
 /// `<message from='bare' to='full' [type]><sent|received xmlns=carbons>FORWARDED</…></message>`.
@@ -174,17 +199,24 @@ mod tests {
     #[test]
     fn eligibility_follows_section_6_1() {
         let chat = "<message xmlns='jabber:client' type='chat'><body>x</body></message>";
-        assert!(eligible(&el(chat), "chat"));
+        assert_eq!(eligible(&el(chat), "chat"), Copies::Both);
         let state = "<message xmlns='jabber:client'><active xmlns='http://jabber.org/protocol/chatstates'/></message>";
-        assert!(eligible(&el(state), "normal"));
+        assert_eq!(eligible(&el(state), "normal"), Copies::Both);
         let empty = "<message xmlns='jabber:client'><x xmlns='jabber:x:oob'/></message>";
-        assert!(!eligible(&el(empty), "normal"));
+        assert_eq!(eligible(&el(empty), "normal"), Copies::None);
         let private = "<message xmlns='jabber:client' type='chat'><body>x</body><private xmlns='urn:xmpp:carbons:2'/></message>";
-        assert!(!eligible(&el(private), "chat"));
+        assert_eq!(eligible(&el(private), "chat"), Copies::None);
         let nocopy = "<message xmlns='jabber:client' type='chat'><body>x</body><no-copy xmlns='urn:xmpp:hints'/></message>";
-        assert!(!eligible(&el(nocopy), "chat"));
+        assert_eq!(eligible(&el(nocopy), "chat"), Copies::None);
         let carbon = "<message xmlns='jabber:client' type='chat'><received xmlns='urn:xmpp:carbons:2'/></message>";
-        assert!(!eligible(&el(carbon), "chat"));
+        assert_eq!(eligible(&el(carbon), "chat"), Copies::None);
+        let invite =
+            "<message xmlns='jabber:client'><x xmlns='jabber:x:conference' jid='r@muc'/></message>";
+        assert_eq!(eligible(&el(invite), "normal"), Copies::Both);
+        let mediated = "<message xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc#user'><invite to='a@b'/></x></message>";
+        assert_eq!(eligible(&el(mediated), "normal"), Copies::Both);
+        let muc = "<message xmlns='jabber:client' type='chat'><body>x</body><x xmlns='http://jabber.org/protocol/muc#user'/></message>";
+        assert_eq!(eligible(&el(muc), "chat"), Copies::SentOnly);
     }
 
     #[test]

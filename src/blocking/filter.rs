@@ -5,7 +5,7 @@
 //! and IQ get/set are answered with `<service-unavailable/>`, so the user appears offline;
 //! presence and everything else is dropped silently); a stanza to a blocked JID is refused
 //! with `<not-acceptable/>` plus `<blocked xmlns='urn:xmpp:blocking:errors'/>`. Stanzas
-//! between a user's own resources are never blocked (§6).
+//! between a user's own resources are never blocked (§5, note).
 
 use bytes::BytesMut;
 use jid::{BareJid, Jid};
@@ -93,7 +93,7 @@ pub async fn list_of(server: &ServerState, bare: &BareJid) -> Result<List, Stora
     Ok(list)
 }
 
-/// §5 JID matching: full JID, bare JID, domain/resource, domain. `jid` is a normalized JID
+/// §6 JID matching: full JID, bare JID, domain/resource, domain. `jid` is a normalized JID
 /// string (as the jid crate prints it), split here without allocating: the hot path calls
 /// this for every routed stanza whose parties have a non-empty list.
 pub fn matches(list: &HashSet<String>, jid: &str) -> bool {
@@ -293,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn jid_matching_follows_section_5() {
+    fn jid_matching_follows_section_6() {
         let full = list(&["romeo@m/orchard"]);
         assert!(matches(&full, &j("romeo@m/orchard")));
         assert!(!matches(&full, &j("romeo@m/garden")));
@@ -315,5 +315,46 @@ mod tests {
         assert!(!matches(&dom, &j("romeo@other")));
 
         assert!(!matches(&HashSet::new(), &j("romeo@m")));
+    }
+
+    fn stanza(xml: &str) -> Stanza {
+        let ctx = Arc::new(crate::xml::NsContext {
+            default_ns: Some(NS_CLIENT.into()),
+            prefixes: Vec::new(),
+        });
+        Stanza::parse(bytes::Bytes::from(xml.to_string()), ctx).unwrap()
+    }
+
+    #[test]
+    fn verdicts_by_direction_and_stanza() {
+        let juliet: List = Arc::new(list(&["romeo@m"]));
+        let romeo: List = Arc::new(list(&["tybalt@c"]));
+        let none = List::default();
+        let to = Jid::new("romeo@m/garden").unwrap();
+        let msg = stanza("<message to='romeo@m/garden'><body>x</body></message>");
+        assert_eq!(
+            decide(&juliet, None, "juliet@c/b", &msg, &to),
+            Verdict::Outbound
+        );
+        assert_eq!(
+            decide(&none, Some(&romeo), "juliet@c/b", &msg, &to),
+            Verdict::Pass
+        );
+        assert_eq!(
+            decide(&none, Some(&romeo), "tybalt@c/x", &msg, &to),
+            Verdict::Inbound
+        );
+        // Cancelling a subscription still reaches a blocked contact.
+        let unsub = stanza("<presence to='romeo@m' type='unsubscribed'/>");
+        assert_eq!(
+            decide(&juliet, None, "juliet@c/b", &unsub, &to),
+            Verdict::Pass
+        );
+        // Only what would be kept for an offline user needs an offline user's list.
+        assert!(kept_offline(&msg));
+        assert!(kept_offline(&stanza("<presence type='subscribe'/>")));
+        assert!(!kept_offline(&stanza("<presence/>")));
+        assert!(!kept_offline(&stanza("<message type='headline'/>")));
+        assert!(!kept_offline(&stanza("<iq type='get' id='1'/>")));
     }
 }

@@ -1,4 +1,4 @@
-//! XEP-0191 Blocking Command: the blocklist IQs (§3.1 get, §3.2 block, §3.3 unblock, §3.4
+//! XEP-0191 Blocking Command: the blocklist IQs (§3.2 get, §3.3 block, §3.4 unblock, §3.5
 //! unblock all), pushes to the resources that asked for the list, and the presence side
 //! effects of blocking and unblocking. Enforcement on routed stanzas lives in [`filter`].
 
@@ -114,7 +114,7 @@ async fn block(server: &Arc<ServerState>, me: &BareJid, jids: Vec<Jid>) -> Resul
             .update(me.as_str(), |l| l.extend(list.iter().cloned()));
     }
     push(server, me, items_element("block", &list));
-    // §3.2: contacts allowed to see our presence now see us go offline (and the blocked
+    // §3.3: contacts allowed to see our presence now see us go offline (and the blocked
     // contacts' presence no longer reaches us, so our resources see them go offline too).
     for (contact, sub) in affected(server, user, &jids).await {
         if matches!(sub, Subscription::From | Subscription::Both) {
@@ -161,7 +161,7 @@ async fn unblock(
         removed
     };
     push(server, me, items_element("unblock", &list));
-    // §3.3: contacts allowed to see our presence get it again; and we get theirs, as a
+    // §3.4: contacts allowed to see our presence get it again; and we get theirs, as a
     // probe would have answered.
     for (contact, sub) in affected(server, user, &removed).await {
         if matches!(sub, Subscription::From | Subscription::Both) {
@@ -201,7 +201,7 @@ async fn affected(
         .collect()
 }
 
-/// §3.2/§3.3 pushes: an IQ-set to every resource that requested the blocklist.
+/// §3.3/§3.4 pushes: an IQ-set to every resource that requested the blocklist.
 fn push(server: &ServerState, me: &BareJid, payload: Element) {
     let targets = server.router.opted_in(me.as_str(), opt_in::BLOCKLIST);
     let id = format!("block-push-{}", crate::stanza::random_id());
