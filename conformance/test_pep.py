@@ -14,7 +14,8 @@ from slixmpp.plugins.xep_0004.stanza import Form
 from slixmpp.xmlstream import ElementBase
 
 from conftest import PASSWORD
-from xmpp_client import Session, befriend, bare, error_condition, q, run
+from xmpp_client import (Session, befriend, bare, error_condition, get_roster, presence, q,
+                         run)
 
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 NS_EVENT = "http://jabber.org/protocol/pubsub#event"
@@ -302,6 +303,62 @@ def test_owner_resources_get_their_own_events(server, accounts):
             await laptop.next_message(event_items(NODE, "again"))
         finally:
             await disconnect(phone, laptop)
+    run(body())
+
+
+def test_last_item_sent_when_subscription_is_approved(server, accounts):
+    a, b = accounts(server, "pepapprover", "pepasker")
+
+    async def body():
+        alice = pep_session(server, a)
+        bob = pep_session(server, b, interests=[NODE])
+        await connect(alice, bob)
+        try:
+            await get_roster(alice)
+            await get_roster(bob)
+            alice.send_presence()
+            assert (await publish(alice, NODE, "for subscribers"))["type"] == "result"
+            # Bob's own last item on login shows the server knows his caps.
+            assert (await publish(bob, NODE, "bob's own"))["type"] == "result"
+            bob.send_presence()
+            await bob.next_message(event_items(NODE, "bob's own"))
+            bob.send_presence(pto=bare(alice.jid), ptype="subscribe")
+            await alice.next_presence(presence(bare(bob.jid), "subscribe"))
+            alice.send_presence(pto=bare(bob.jid), ptype="subscribed")
+            msg = await bob.next_message(event_items(NODE, "for subscribers"))
+            assert msg["from"] == bare(alice.jid)
+        finally:
+            await disconnect(alice, bob)
+    run(body())
+
+
+def test_caps_not_matching_their_hash_are_ignored(server, accounts):
+    a, b = accounts(server, "pepcapsowner", "pepliar")
+    bogus = "AAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+    async def body():
+        alice, bob = pep_session(server, a), pep_session(server, b)
+        await connect(alice, bob)
+        await befriend(alice, bob)
+        await disconnect(bob)
+        liar = pep_session(server, b, interests=[NODE], resource="liar")
+        try:
+            assert (await publish(alice, NODE, "only for honest caps"))["type"] == "result"
+            await connect(liar)
+            caps = liar.xmpp["xep_0115"]
+            # The client answers disco#info for node#bogus with its real features, which
+            # do not hash to `bogus` (XEP-0115 §5.4): the server must not use them.
+            info = await liar.xmpp["xep_0030"].get_info(jid=liar.jid, local=True)
+            await liar.xmpp["xep_0030"].set_info(jid=liar.jid, node=f"{caps.caps_node}#{bogus}",
+                                                 info=info)
+            liar.send_raw(f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1'"
+                          f" node='{caps.caps_node}' ver='{bogus}'/></presence>")
+            assert await liar.quiet("messages", event_items(NODE)) == []
+            # The same features under their true hash work.
+            liar.send_presence()
+            await liar.next_message(event_items(NODE, "only for honest caps"))
+        finally:
+            await disconnect(alice, liar)
     run(body())
 
 
