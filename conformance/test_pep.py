@@ -241,6 +241,14 @@ def test_access_models(server, accounts):
             assert item_texts(await items(bob, owner, "urn:example:presence")) == ["p"]
             assert pubsub_error(await items(bob, owner, "urn:example:private")) == \
                 ("not-allowed", "closed-node")
+            # disco#items lists only the nodes the requester may read (XEP-0163 §7).
+            def nodes(reply):
+                return sorted(i[1] for i in reply["disco_items"]["items"])
+            seen = await bob.xmpp["xep_0030"].get_items(jid=owner)
+            assert nodes(seen) == ["urn:example:open", "urn:example:presence"]
+            own = await alice.xmpp["xep_0030"].get_items(jid=owner)
+            assert nodes(own) == ["urn:example:open", "urn:example:presence",
+                                  "urn:example:private"]
         finally:
             await disconnect(alice, bob)
     run(body())

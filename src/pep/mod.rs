@@ -13,7 +13,7 @@
 use jid::BareJid;
 use minidom::Element;
 
-use crate::modules::{IqFuture, IqRequest, Module, Scope};
+use crate::modules::{IqFuture, IqRequest, ItemsFuture, Module, Scope};
 use crate::server::ServerState;
 use crate::stanza::{BuilderExt, Condition, StanzaError};
 use crate::storage::{AccessModel, NodeConfig, PepItem, PepNode, StorageError, Subscription};
@@ -68,6 +68,9 @@ impl Module for Pep {
             "http://jabber.org/protocol/pubsub#retract-items",
             "http://jabber.org/protocol/pubsub#retrieve-items",
         ]
+    }
+    fn account_items<'a>(&'a self, req: &'a IqRequest<'a>) -> ItemsFuture<'a> {
+        Box::pin(disco_items(req))
     }
     fn handle_iq<'a>(&'a self, req: IqRequest<'a>) -> IqFuture<'a> {
         Box::pin(async move {
@@ -481,6 +484,29 @@ async fn delete(
         .build();
     notify::broadcast(req.server, req.to, &node, ev).await;
     Ok(None)
+}
+
+/// XEP-0163 §7 / XEP-0060 §5.2: the nodes the requester may read, as disco items.
+async fn disco_items(req: &IqRequest<'_>) -> Result<Vec<Element>, StanzaError> {
+    let (Some(user), Some(from)) = (user_of(req.to), req.from) else {
+        return Ok(Vec::new());
+    };
+    let from = from.to_bare();
+    let mut out = Vec::new();
+    for node in req.server.storage.pubsub().nodes(user).await? {
+        if can_read(req.server, req.to, &from, &node.config)
+            .await
+            .is_ok()
+        {
+            out.push(
+                Element::builder("item", crate::modules::disco::NS_ITEMS)
+                    .at("jid", req.to.as_str())
+                    .at("node", node.name.as_str())
+                    .build(),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// The account's bare JID as (domain, localpart) for storage calls.
