@@ -177,7 +177,7 @@ fn publish_options(opts: Option<&Element>) -> Result<form::Options, StanzaError>
     let Some(x) = opts.and_then(|o| o.get_child("x", form::NS_DATA)) else {
         return Ok(form::Options::default());
     };
-    match form::parse(x, form::FORM_PUBLISH_OPTIONS) {
+    match form::parse(x, form::FORM_PUBLISH_OPTIONS, true) {
         Ok(Some(o)) => Ok(o),
         Ok(None) => Err(app(Condition::BadRequest, "invalid-options")),
         // §7.1.5: unknown fields reject the publication.
@@ -336,7 +336,7 @@ async fn create(
     };
     let mut config = NodeConfig::default();
     if let Some(x) = conf.and_then(|c| c.get_child("x", form::NS_DATA)) {
-        match form::parse(x, form::FORM_NODE_CONFIG) {
+        match form::parse(x, form::FORM_NODE_CONFIG, false) {
             Ok(Some(o)) => config = o.apply(config),
             Ok(None) => {}
             Err(_) => return Err(StanzaError::new(Condition::NotAcceptable)),
@@ -455,7 +455,7 @@ async fn configure_set(
     let server = req.server;
     let _guard = server.pep.locks.lock(user).await;
     let node = existing(server, user, name).await?;
-    let options = match form::parse(x, form::FORM_NODE_CONFIG) {
+    let options = match form::parse(x, form::FORM_NODE_CONFIG, false) {
         Ok(Some(o)) => o,
         Ok(None) => return Ok(None),
         Err(_) => return Err(StanzaError::new(Condition::NotAcceptable)),
