@@ -370,6 +370,39 @@ def test_caps_not_matching_their_hash_are_ignored(server, accounts):
     run(body())
 
 
+def test_explicit_subscription_to_an_open_node(server, accounts):
+    a, b = accounts(server, "pepopenowner", "pepstranger")
+
+    async def body():
+        alice, bob = pep_session(server, a), pep_session(server, b)
+        await connect(alice, bob)
+        try:
+            owner = bare(alice.jid)
+            alice.send_presence()
+            bob.send_presence()
+            assert (await publish(alice, NODE, "open 1", access_model="open"))["type"] == "result"
+            assert (await publish(alice, OTHER, "closed"))["type"] == "result"
+            ps = bob.xmpp["xep_0060"]
+            # Not a contact: presence-model nodes refuse, open ones accept (XEP-0060 §6.1).
+            r = await bob.iq_wrap(ps.subscribe(owner, OTHER))
+            assert pubsub_error(r) == ("not-authorized", "presence-subscription-required")
+            r = await bob.iq_wrap(ps.subscribe(owner, NODE))
+            assert r["type"] == "result", r
+            assert r["pubsub"]["subscription"]["subscription"] == "subscribed"
+            await bob.next_message(event_items(NODE, "open 1"))   # the last item on subscribing
+            assert (await publish(alice, NODE, "open 2", access_model="open"))["type"] == "result"
+            await bob.next_message(event_items(NODE, "open 2"))
+            r = await bob.iq_wrap(ps.unsubscribe(owner, NODE))
+            assert r["type"] == "result", r
+            assert (await publish(alice, NODE, "open 3", access_model="open"))["type"] == "result"
+            assert await bob.quiet("messages", event_items(NODE)) == []
+            r = await bob.iq_wrap(ps.unsubscribe(owner, NODE))
+            assert pubsub_error(r) == ("unexpected-request", "not-subscribed")
+        finally:
+            await disconnect(alice, bob)
+    run(body())
+
+
 def test_max_items(server, accounts):
     (a,) = accounts(server, "pepmax")
 

@@ -5,8 +5,8 @@
 //!
 //! Subscriptions are implicit (XEP-0163 §4.3 "auto-subscribe"): contacts with a presence
 //! subscription to the owner get notifications, filtered by the `+notify` features of their
-//! XEP-0115 caps ([`crate::caps`]); see [`notify`]. Explicit XEP-0060 subscriptions are not
-//! implemented (feature-not-implemented). Items are stored in [`crate::storage::Pubsub`],
+//! XEP-0115 caps ([`crate::caps`]); see [`notify`]. Explicit XEP-0060 subscriptions (§6.1)
+//! serve everyone else on open nodes (e.g. OMEMO peers that are not contacts). Items are stored in [`crate::storage::Pubsub`],
 //! which makes XEP-0223 private storage and XEP-0402 bookmarks plain PEP nodes with
 //! `access_model=whitelist`.
 
@@ -67,6 +67,7 @@ impl Module for Pep {
             "http://jabber.org/protocol/pubsub#publish-options",
             "http://jabber.org/protocol/pubsub#retract-items",
             "http://jabber.org/protocol/pubsub#retrieve-items",
+            "http://jabber.org/protocol/pubsub#subscribe",
         ]
     }
     fn account_items<'a>(&'a self, req: &'a IqRequest<'a>) -> ItemsFuture<'a> {
@@ -95,8 +96,10 @@ impl Module for Pep {
                     create(&req, user, op, conf).await
                 }
                 (false, false, "items") => items(&req, user, op).await,
-                (false, _, "subscribe" | "unsubscribe" | "subscriptions" | "options") => {
-                    Err(unsupported("subscribe"))
+                (false, true, "subscribe") => subscribe(&req, user, op).await,
+                (false, true, "unsubscribe") => unsubscribe(&req, user, op).await,
+                (false, _, "subscriptions" | "options" | "affiliations") => {
+                    Err(unsupported("retrieve-subscriptions"))
                 }
                 (true, false, "configure") => configure_get(&req, user, op).await,
                 (true, true, "configure") => configure_set(&req, user, op).await,
@@ -419,6 +422,80 @@ async fn items(
     Ok(Some(
         Element::builder("pubsub", NS).append(out.build()).build(),
     ))
+}
+
+/// The subscriber address of a subscribe/unsubscribe: the sender's own bare or full JID
+/// (XEP-0060 §6.1.3.1 invalid-jid otherwise).
+fn subscriber(req: &IqRequest<'_>, op: &Element) -> Result<jid::Jid, StanzaError> {
+    let from = req
+        .from
+        .ok_or_else(|| StanzaError::new(Condition::Forbidden))?;
+    let jid = op
+        .attr("jid")
+        .and_then(|j| jid::Jid::new(j).ok())
+        .ok_or_else(|| app(Condition::BadRequest, "jid-required"))?;
+    if jid.to_bare() != from.to_bare() {
+        return Err(app(Condition::BadRequest, "invalid-jid"));
+    }
+    Ok(jid)
+}
+
+/// XEP-0060 §6.1 explicit subscription (non-contacts of open nodes, e.g. OMEMO peers).
+async fn subscribe(
+    req: &IqRequest<'_>,
+    user: (&str, &str),
+    op: &Element,
+) -> Result<Option<Element>, StanzaError> {
+    let name = node_name(op)?;
+    let jid = subscriber(req, op)?;
+    let node = existing(req.server, user, name).await?;
+    can_read(req.server, req.to, &jid.to_bare(), &node.config).await?;
+    let max = req.server.config.pep.max_subscriptions_per_node;
+    if !req
+        .server
+        .storage
+        .pubsub()
+        .subscribe(node.id, jid.as_str(), max)
+        .await?
+    {
+        return Err(StanzaError::with_text(
+            Condition::NotAllowed,
+            "too many subscriptions",
+        ));
+    }
+    notify::last_to_subscriber(req.server, req.to, &node, &jid).await;
+    Ok(Some(
+        Element::builder("pubsub", NS)
+            .append(
+                Element::builder("subscription", NS)
+                    .at("node", name)
+                    .at("jid", jid.as_str())
+                    .at("subscription", "subscribed")
+                    .build(),
+            )
+            .build(),
+    ))
+}
+
+/// XEP-0060 §6.2 unsubscribe.
+async fn unsubscribe(
+    req: &IqRequest<'_>,
+    user: (&str, &str),
+    op: &Element,
+) -> Result<Option<Element>, StanzaError> {
+    let name = node_name(op)?;
+    let jid = subscriber(req, op)?;
+    let node = existing(req.server, user, name).await?;
+    if !req
+        .server
+        .storage
+        .pubsub()
+        .unsubscribe(node.id, jid.as_str())
+        .await?
+    {
+        return Err(app(Condition::UnexpectedRequest, "not-subscribed"));
+    }
+    Ok(None)
 }
 
 async fn configure_get(

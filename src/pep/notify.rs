@@ -82,6 +82,7 @@ pub async fn broadcast(server: &ServerState, owner: &BareJid, node: &PepNode, ch
             Err(e) => tracing::error!(error = %e, "roster load failed for PEP notification"),
         }
     }
+    let mut sent: HashSet<String> = HashSet::new();
     for bare in targets {
         for r in server.router.resources(bare.as_str()) {
             let Some(p) = &r.presence else { continue };
@@ -91,6 +92,84 @@ pub async fn broadcast(server: &ServerState, owner: &BareJid, node: &PepNode, ch
             let to = format!("{}/{}", bare.as_str(), r.resource);
             r.handle
                 .send(Deliver::Bytes(event_message(owner.as_str(), &to, &child)));
+            sent.insert(to);
+        }
+    }
+    // Explicit subscribers (XEP-0060 §6.1) of open nodes: those of the other models are
+    // exactly the owner and the contacts, notified above.
+    if node.config.access_model == AccessModel::Open {
+        explicit(server, owner, node, &child, &sent).await;
+    }
+}
+
+async fn explicit(
+    server: &ServerState,
+    owner: &BareJid,
+    node: &PepNode,
+    child: &Element,
+    sent: &HashSet<String>,
+) {
+    let subs = match server.storage.pubsub().subscribers(node.id).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "PEP subscribers load failed");
+            return;
+        }
+    };
+    for jid in subs.iter().filter_map(|j| jid::Jid::new(j).ok()) {
+        if !server.serves(jid.domain().as_str()) {
+            continue;
+        }
+        let bare = jid.to_bare();
+        for r in server.router.resources(bare.as_str()) {
+            let wanted = match jid.resource() {
+                Some(res) => res.as_str() == r.resource,
+                None => r.presence.is_some(),
+            };
+            let to = format!("{}/{}", bare.as_str(), r.resource);
+            if wanted && !sent.contains(&to) {
+                r.handle
+                    .send(Deliver::Bytes(event_message(owner.as_str(), &to, child)));
+            }
+        }
+    }
+}
+
+/// XEP-0060 §6.1.7: the last item of a node to a new subscriber (a full JID, or every
+/// available resource of a bare one), as its configuration allows.
+pub async fn last_to_subscriber(
+    server: &ServerState,
+    owner: &BareJid,
+    node: &PepNode,
+    to: &jid::Jid,
+) {
+    if node.config.send_last == SendLast::Never {
+        return;
+    }
+    let items = match server.storage.pubsub().items(node.id, &[], Some(1)).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(error = %e, "PEP last item load failed");
+            return;
+        }
+    };
+    let Some(el) = items.first().and_then(item_element) else {
+        return;
+    };
+    let child = Element::builder("items", NS_EVENT)
+        .at("node", node.name.as_str())
+        .append(el)
+        .build();
+    let bare = to.to_bare();
+    for r in server.router.resources(bare.as_str()) {
+        let wanted = match to.resource() {
+            Some(res) => res.as_str() == r.resource,
+            None => r.presence.is_some(),
+        };
+        if wanted {
+            let full = format!("{}/{}", bare.as_str(), r.resource);
+            r.handle
+                .send(Deliver::Bytes(event_message(owner.as_str(), &full, &child)));
         }
     }
 }
