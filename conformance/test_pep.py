@@ -419,6 +419,28 @@ def test_max_items(server, accounts):
     run(body())
 
 
+def test_limits_payload_size_and_node_count(make_server, accounts):
+    srv = make_server(extra_sections={"pep": {"max_payload_bytes": 2000,
+                                              "max_nodes_per_user": 2}})
+    (a,) = accounts(srv, "peplimits")
+
+    async def body():
+        s = pep_session(srv, a)
+        await connect(s)
+        try:
+            r = await publish(s, NODE, "x" * 3000)
+            assert pubsub_error(r) == ("not-acceptable", "payload-too-big"), r
+            assert (await publish(s, NODE, "small"))["type"] == "result"
+            assert (await publish(s, OTHER, "small"))["type"] == "result"
+            r = await publish(s, "urn:example:third", "small")
+            assert error_condition(r.xml) == "not-allowed", r
+            # Existing nodes still take items.
+            assert (await publish(s, NODE, "again"))["type"] == "result"
+        finally:
+            await disconnect(s)
+    run(body())
+
+
 def test_bookmarks_xep0402(server, accounts):
     (a,) = accounts(server, "pepbookmarks")
     room = "room@conference.example.org"
