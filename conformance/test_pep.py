@@ -183,6 +183,9 @@ def test_publish_retrieve_retract(server, accounts):
             assert error_condition(r.xml) == "item-not-found"
             r = await items(s, bare(s.jid), "urn:example:missing")
             assert error_condition(r.xml) == "item-not-found"
+            r = await s.iq_wrap(s.xmpp["xep_0060"].purge(bare(s.jid), NODE))
+            assert r["type"] == "result", r
+            assert item_texts(await items(s, bare(s.jid), NODE)) == []
             r = await s.iq_wrap(s.xmpp["xep_0060"].delete_node(bare(s.jid), NODE))
             assert r["type"] == "result", r
             assert error_condition((await items(s, bare(s.jid), NODE)).xml) == "item-not-found"

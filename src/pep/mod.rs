@@ -63,6 +63,7 @@ impl Module for Pep {
             "http://jabber.org/protocol/pubsub#last-published",
             "http://jabber.org/protocol/pubsub#multi-items",
             "http://jabber.org/protocol/pubsub#persistent-items",
+            "http://jabber.org/protocol/pubsub#purge-nodes",
             "http://jabber.org/protocol/pubsub#publish",
             "http://jabber.org/protocol/pubsub#publish-options",
             "http://jabber.org/protocol/pubsub#retract-items",
@@ -98,21 +99,21 @@ impl Module for Pep {
                 (false, false, "items") => items(&req, user, op).await,
                 (false, true, "subscribe") => subscribe(&req, user, op).await,
                 (false, true, "unsubscribe") => unsubscribe(&req, user, op).await,
-                (false, _, "subscriptions" | "options" | "affiliations") => {
-                    Err(unsupported("retrieve-subscriptions"))
-                }
+                (false, _, "subscriptions" | "options" | "affiliations") => Err(unsupported()),
                 (true, false, "configure") => configure_get(&req, user, op).await,
                 (true, true, "configure") => configure_set(&req, user, op).await,
                 (true, true, "delete") => delete(&req, user, op).await,
+                (true, true, "purge") => purge(&req, user, op).await,
                 _ => Err(StanzaError::new(Condition::FeatureNotImplemented)),
             }
         })
     }
 }
 
-/// XEP-0060 §7.1.3.x / §6.1.3.x: `<feature-not-implemented/>` + `<unsupported/>`.
-fn unsupported(_feature: &'static str) -> StanzaError {
-    StanzaError::new(Condition::FeatureNotImplemented).with_app("unsupported", NS_ERRORS)
+/// XEP-0060 §5.x/§6.x "not supported": `<feature-not-implemented/>` (the pubsub#errors
+/// `<unsupported/>` element would need a 'feature' attribute stanza errors do not carry).
+fn unsupported() -> StanzaError {
+    StanzaError::new(Condition::FeatureNotImplemented)
 }
 
 fn app(c: Condition, name: &'static str) -> StanzaError {
@@ -560,6 +561,22 @@ async fn delete(
         .at("node", name)
         .build();
     notify::broadcast(req.server, req.to, &node, ev).await;
+    Ok(None)
+}
+
+/// XEP-0060 §8.5 purge: remove every item, notifying interested subscribers.
+async fn purge(
+    req: &IqRequest<'_>,
+    user: (&str, &str),
+    op: &Element,
+) -> Result<Option<Element>, StanzaError> {
+    require_owner(req)?;
+    let name = node_name(op)?;
+    let server = req.server;
+    let node = existing(server, user, name).await?;
+    server.storage.pubsub().purge(node.id).await?;
+    let ev = Element::builder("purge", NS_EVENT).at("node", name).build();
+    notify::broadcast(server, req.to, &node, ev).await;
     Ok(None)
 }
 

@@ -434,6 +434,25 @@ impl Pubsub<'_> {
         Ok(())
     }
 
+    /// Remove every item of a node (XEP-0060 §8.5 purge).
+    pub async fn purge(&self, node_id: i64) -> Result<(), StorageError> {
+        match &self.s.db {
+            Db::Sqlite(pool) => {
+                sqlx::query("DELETE FROM pep_items WHERE node_id = ?")
+                    .bind(node_id)
+                    .execute(pool)
+                    .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("DELETE FROM pep_items WHERE node_id = $1")
+                    .bind(node_id)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Remove one item; false when there was no such item.
     pub async fn retract(&self, node_id: i64, item_id: &str) -> Result<bool, StorageError> {
         let n = match &self.s.db {

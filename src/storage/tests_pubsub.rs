@@ -98,6 +98,11 @@ async fn pep_nodes_and_items(s: &Storage, _t: &Target) {
         .map(|n| n.name)
         .collect();
     assert_eq!(names, ["empty", "n"]);
+    p.purge(node.id).await.unwrap();
+    assert!(p.items(node.id, &[], None).await.unwrap().is_empty());
+    p.publish(node.id, &item("2", "<x>2c</x>"), 1)
+        .await
+        .unwrap();
     // Explicit subscriptions, bounded per node; they go with the node.
     assert!(p.subscribe(node.id, "x@example.org", 2).await.unwrap());
     assert!(p.subscribe(node.id, "y@example.org/r", 2).await.unwrap());
