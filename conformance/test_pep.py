@@ -278,12 +278,15 @@ def test_notifications_follow_caps_and_last_item_on_login(server, accounts):
             await connect(bob, carol)
             bob.send_presence()
             carol.send_presence()
-            await bob.next_message(event_items(NODE, "first"))
+            last = await bob.next_message(event_items(NODE, "first"))
+            # A stored item, stamped with its publication time (XEP-0203).
+            assert last.xml.find(q("urn:xmpp:delay", "delay")) is not None
             await carol.next_message(event_items(OTHER, "other"))
             assert await bob.quiet("messages", event_items(OTHER)) == []
             # A new publication reaches Bob (+notify) and not Carol.
             assert (await publish(alice, NODE, "second", item_id="current"))["type"] == "result"
             msg = await bob.next_message(event_items(NODE, "second"))
+            assert msg.xml.find(q("urn:xmpp:delay", "delay")) is None
             assert msg["type"] == "headline"
             assert msg["from"] == bare(alice.jid)
             assert await carol.quiet("messages", event_items(NODE)) == []

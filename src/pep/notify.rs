@@ -44,7 +44,11 @@ pub fn item_element_ns(item: &PepItem, ns: &str) -> Option<Element> {
 }
 
 fn event_message(from: &str, to: &str, child: &Element) -> Bytes {
-    let msg = Element::builder("message", NS_CLIENT)
+    xml::to_bytes(&event_element(from, to, child))
+}
+
+fn event_element(from: &str, to: &str, child: &Element) -> Element {
+    Element::builder("message", NS_CLIENT)
         .at("from", from)
         .at("to", to)
         .at("type", "headline")
@@ -54,7 +58,19 @@ fn event_message(from: &str, to: &str, child: &Element) -> Bytes {
                 .append(child.clone())
                 .build(),
         )
-        .build();
+        .build()
+}
+
+/// A stored item sent later (last published item): stamped with when it was published
+/// (XEP-0203), so clients can tell it from a fresh event.
+fn delayed_event_message(from: &str, to: &str, child: &Element, stamp_ms: i64) -> Bytes {
+    let mut msg = event_element(from, to, child);
+    msg.append_child(
+        Element::builder("delay", "urn:xmpp:delay")
+            .at("from", from)
+            .at("stamp", crate::stanza::xep82_datetime(stamp_ms))
+            .build(),
+    );
     xml::to_bytes(&msg)
 }
 
@@ -153,9 +169,13 @@ pub async fn last_to_subscriber(
             return;
         }
     };
-    let Some(el) = items.first().and_then(item_element) else {
+    let Some(first) = items.first() else {
         return;
     };
+    let Some(el) = item_element(first) else {
+        return;
+    };
+    let stamp = first.stamp_ms;
     let child = Element::builder("items", NS_EVENT)
         .at("node", node.name.as_str())
         .append(el)
@@ -168,8 +188,12 @@ pub async fn last_to_subscriber(
         };
         if wanted {
             let full = format!("{}/{}", bare.as_str(), r.resource);
-            r.handle
-                .send(Deliver::Bytes(event_message(owner.as_str(), &full, &child)));
+            r.handle.send(Deliver::Bytes(delayed_event_message(
+                owner.as_str(),
+                &full,
+                &child,
+                stamp,
+            )));
         }
     }
 }
@@ -281,7 +305,12 @@ async fn send_last(
         server.router.send_full(
             bare.as_str(),
             to.resource().as_str(),
-            Deliver::Bytes(event_message(owner.as_str(), to.as_str(), &child)),
+            Deliver::Bytes(delayed_event_message(
+                owner.as_str(),
+                to.as_str(),
+                &child,
+                item.stamp_ms,
+            )),
         );
     }
 }
