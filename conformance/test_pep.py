@@ -10,12 +10,14 @@ import base64
 import hashlib
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from slixmpp.plugins.xep_0004.stanza import Form
 from slixmpp.xmlstream import ElementBase
 
 from conftest import PASSWORD
 from xmpp_client import (Session, befriend, bare, error_condition, get_roster, presence, q,
-                         run)
+                         roster_push_for, run)
 
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 NS_EVENT = "http://jabber.org/protocol/pubsub#event"
@@ -320,7 +322,8 @@ def test_owner_resources_get_their_own_events(server, accounts):
     run(body())
 
 
-def test_last_item_sent_when_subscription_is_approved(server, accounts):
+@pytest.mark.parametrize("preapprove", [False, True], ids=["approved", "preapproved"])
+def test_last_item_sent_when_subscription_is_approved(server, accounts, preapprove):
     a, b = accounts(server, "pepapprover", "pepasker")
 
     async def body():
@@ -336,9 +339,15 @@ def test_last_item_sent_when_subscription_is_approved(server, accounts):
             assert (await publish(bob, NODE, "bob's own"))["type"] == "result"
             bob.send_presence()
             await bob.next_message(event_items(NODE, "bob's own"))
-            bob.send_presence(pto=bare(alice.jid), ptype="subscribe")
-            await alice.next_presence(presence(bare(bob.jid), "subscribe"))
-            alice.send_presence(pto=bare(bob.jid), ptype="subscribed")
+            if preapprove:
+                # RFC 6121 §3.4: approved in advance, the server answers for Alice.
+                alice.send_presence(pto=bare(bob.jid), ptype="subscribed")
+                await alice.next_roster_push(roster_push_for(bare(bob.jid)))
+                bob.send_presence(pto=bare(alice.jid), ptype="subscribe")
+            else:
+                bob.send_presence(pto=bare(alice.jid), ptype="subscribe")
+                await alice.next_presence(presence(bare(bob.jid), "subscribe"))
+                alice.send_presence(pto=bare(bob.jid), ptype="subscribed")
             msg = await bob.next_message(event_items(NODE, "for subscribers"))
             assert msg["from"] == bare(alice.jid)
         finally:
