@@ -10,11 +10,14 @@ import base64
 import hashlib
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from slixmpp.plugins.xep_0004.stanza import Form
 from slixmpp.xmlstream import ElementBase
 
 from conftest import PASSWORD
-from xmpp_client import Session, befriend, bare, error_condition, q, run
+from xmpp_client import (Session, befriend, bare, error_condition, get_roster, presence, q,
+                         roster_push_for, run)
 
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 NS_EVENT = "http://jabber.org/protocol/pubsub#event"
@@ -182,6 +185,9 @@ def test_publish_retrieve_retract(server, accounts):
             assert error_condition(r.xml) == "item-not-found"
             r = await items(s, bare(s.jid), "urn:example:missing")
             assert error_condition(r.xml) == "item-not-found"
+            r = await s.iq_wrap(s.xmpp["xep_0060"].purge(bare(s.jid), NODE))
+            assert r["type"] == "result", r
+            assert item_texts(await items(s, bare(s.jid), NODE)) == []
             r = await s.iq_wrap(s.xmpp["xep_0060"].delete_node(bare(s.jid), NODE))
             assert r["type"] == "result", r
             assert error_condition((await items(s, bare(s.jid), NODE)).xml) == "item-not-found"
@@ -240,6 +246,14 @@ def test_access_models(server, accounts):
             assert item_texts(await items(bob, owner, "urn:example:presence")) == ["p"]
             assert pubsub_error(await items(bob, owner, "urn:example:private")) == \
                 ("not-allowed", "closed-node")
+            # disco#items lists only the nodes the requester may read (XEP-0163 §7).
+            def nodes(reply):
+                return sorted(i[1] for i in reply["disco_items"]["items"])
+            seen = await bob.xmpp["xep_0030"].get_items(jid=owner)
+            assert nodes(seen) == ["urn:example:open", "urn:example:presence"]
+            own = await alice.xmpp["xep_0030"].get_items(jid=owner)
+            assert nodes(own) == ["urn:example:open", "urn:example:presence",
+                                  "urn:example:private"]
         finally:
             await disconnect(alice, bob)
     run(body())
@@ -266,12 +280,15 @@ def test_notifications_follow_caps_and_last_item_on_login(server, accounts):
             await connect(bob, carol)
             bob.send_presence()
             carol.send_presence()
-            await bob.next_message(event_items(NODE, "first"))
+            last = await bob.next_message(event_items(NODE, "first"))
+            # A stored item, stamped with its publication time (XEP-0203).
+            assert last.xml.find(q("urn:xmpp:delay", "delay")) is not None
             await carol.next_message(event_items(OTHER, "other"))
             assert await bob.quiet("messages", event_items(OTHER)) == []
             # A new publication reaches Bob (+notify) and not Carol.
             assert (await publish(alice, NODE, "second", item_id="current"))["type"] == "result"
             msg = await bob.next_message(event_items(NODE, "second"))
+            assert msg.xml.find(q("urn:xmpp:delay", "delay")) is None
             assert msg["type"] == "headline"
             assert msg["from"] == bare(alice.jid)
             assert await carol.quiet("messages", event_items(NODE)) == []
@@ -305,6 +322,102 @@ def test_owner_resources_get_their_own_events(server, accounts):
     run(body())
 
 
+@pytest.mark.parametrize("preapprove", [False, True], ids=["approved", "preapproved"])
+def test_last_item_sent_when_subscription_is_approved(server, accounts, preapprove):
+    a, b = accounts(server, "pepapprover", "pepasker")
+
+    async def body():
+        alice = pep_session(server, a)
+        bob = pep_session(server, b, interests=[NODE])
+        await connect(alice, bob)
+        try:
+            await get_roster(alice)
+            await get_roster(bob)
+            alice.send_presence()
+            assert (await publish(alice, NODE, "for subscribers"))["type"] == "result"
+            # Bob's own last item on login shows the server knows his caps.
+            assert (await publish(bob, NODE, "bob's own"))["type"] == "result"
+            bob.send_presence()
+            await bob.next_message(event_items(NODE, "bob's own"))
+            if preapprove:
+                # RFC 6121 §3.4: approved in advance, the server answers for Alice.
+                alice.send_presence(pto=bare(bob.jid), ptype="subscribed")
+                await alice.next_roster_push(roster_push_for(bare(bob.jid)))
+                bob.send_presence(pto=bare(alice.jid), ptype="subscribe")
+            else:
+                bob.send_presence(pto=bare(alice.jid), ptype="subscribe")
+                await alice.next_presence(presence(bare(bob.jid), "subscribe"))
+                alice.send_presence(pto=bare(bob.jid), ptype="subscribed")
+            msg = await bob.next_message(event_items(NODE, "for subscribers"))
+            assert msg["from"] == bare(alice.jid)
+        finally:
+            await disconnect(alice, bob)
+    run(body())
+
+
+def test_caps_not_matching_their_hash_are_ignored(server, accounts):
+    a, b = accounts(server, "pepcapsowner", "pepliar")
+    bogus = "AAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+    async def body():
+        alice, bob = pep_session(server, a), pep_session(server, b)
+        await connect(alice, bob)
+        await befriend(alice, bob)
+        await disconnect(bob)
+        liar = pep_session(server, b, interests=[NODE], resource="liar")
+        try:
+            assert (await publish(alice, NODE, "only for honest caps"))["type"] == "result"
+            await connect(liar)
+            caps = liar.xmpp["xep_0115"]
+            # The client answers disco#info for node#bogus with its real features, which
+            # do not hash to `bogus` (XEP-0115 §5.4): the server must not use them.
+            info = await liar.xmpp["xep_0030"].get_info(jid=liar.jid, local=True)
+            await liar.xmpp["xep_0030"].set_info(jid=liar.jid, node=f"{caps.caps_node}#{bogus}",
+                                                 info=info)
+            liar.send_raw(f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1'"
+                          f" node='{caps.caps_node}' ver='{bogus}'/></presence>")
+            assert await liar.quiet("messages", event_items(NODE)) == []
+            # The same features under their true hash work.
+            liar.send_presence()
+            await liar.next_message(event_items(NODE, "only for honest caps"))
+        finally:
+            await disconnect(alice, liar)
+    run(body())
+
+
+def test_explicit_subscription_to_an_open_node(server, accounts):
+    a, b = accounts(server, "pepopenowner", "pepstranger")
+
+    async def body():
+        alice, bob = pep_session(server, a), pep_session(server, b)
+        await connect(alice, bob)
+        try:
+            owner = bare(alice.jid)
+            alice.send_presence()
+            bob.send_presence()
+            assert (await publish(alice, NODE, "open 1", access_model="open"))["type"] == "result"
+            assert (await publish(alice, OTHER, "closed"))["type"] == "result"
+            ps = bob.xmpp["xep_0060"]
+            # Not a contact: presence-model nodes refuse, open ones accept (XEP-0060 §6.1).
+            r = await bob.iq_wrap(ps.subscribe(owner, OTHER))
+            assert pubsub_error(r) == ("not-authorized", "presence-subscription-required")
+            r = await bob.iq_wrap(ps.subscribe(owner, NODE))
+            assert r["type"] == "result", r
+            assert r["pubsub"]["subscription"]["subscription"] == "subscribed"
+            await bob.next_message(event_items(NODE, "open 1"))   # the last item on subscribing
+            assert (await publish(alice, NODE, "open 2", access_model="open"))["type"] == "result"
+            await bob.next_message(event_items(NODE, "open 2"))
+            r = await bob.iq_wrap(ps.unsubscribe(owner, NODE))
+            assert r["type"] == "result", r
+            assert (await publish(alice, NODE, "open 3", access_model="open"))["type"] == "result"
+            assert await bob.quiet("messages", event_items(NODE)) == []
+            r = await bob.iq_wrap(ps.unsubscribe(owner, NODE))
+            assert pubsub_error(r) == ("unexpected-request", "not-subscribed")
+        finally:
+            await disconnect(alice, bob)
+    run(body())
+
+
 def test_max_items(server, accounts):
     (a,) = accounts(server, "pepmax")
 
@@ -316,6 +429,28 @@ def test_max_items(server, accounts):
                 r = await publish(s, NODE, f"n{i}", item_id=f"id{i}", max_items="2")
                 assert r["type"] == "result", r
             assert item_texts(await items(s, bare(s.jid), NODE)) == ["n2", "n3"]
+        finally:
+            await disconnect(s)
+    run(body())
+
+
+def test_limits_payload_size_and_node_count(make_server, accounts):
+    srv = make_server(extra_sections={"pep": {"max_payload_bytes": 2000,
+                                              "max_nodes_per_user": 2}})
+    (a,) = accounts(srv, "peplimits")
+
+    async def body():
+        s = pep_session(srv, a)
+        await connect(s)
+        try:
+            r = await publish(s, NODE, "x" * 3000)
+            assert pubsub_error(r) == ("not-acceptable", "payload-too-big"), r
+            assert (await publish(s, NODE, "small"))["type"] == "result"
+            assert (await publish(s, OTHER, "small"))["type"] == "result"
+            r = await publish(s, "urn:example:third", "small")
+            assert error_condition(r.xml) == "not-allowed", r
+            # Existing nodes still take items.
+            assert (await publish(s, NODE, "again"))["type"] == "result"
         finally:
             await disconnect(s)
     run(body())

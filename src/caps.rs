@@ -179,3 +179,44 @@ pub fn of_stanza(st: &Stanza) -> Option<Caps> {
     }
     Caps::of(&el)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_are_read_from_presence() {
+        let p: Element =
+            "<presence xmlns='jabber:client'><c xmlns='http://jabber.org/protocol/caps' \
+             hash='sha-1' node='https://example.org' ver='abc='/></presence>"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            Caps::of(&p),
+            Some(Caps {
+                hash: "sha-1".into(),
+                node: "https://example.org".into(),
+                ver: "abc=".into()
+            })
+        );
+        // Legacy caps (no hash) are not verifiable and not used.
+        let legacy: Element =
+            "<presence xmlns='jabber:client'><c xmlns='http://jabber.org/protocol/caps' \
+             node='n' ver='1.0'/></presence>"
+                .parse()
+                .unwrap();
+        assert_eq!(Caps::of(&legacy), None);
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let c = CapsCache::default();
+        for i in 0..5 {
+            c.insert(&format!("v{i}"), Arc::new(Features::new()), 3);
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.get("v4").is_some(), "the newest entry is kept");
+        c.insert("v4", Arc::new(Features::from(["x".to_string()])), 3);
+        assert_eq!(c.len(), 3, "replacing does not evict");
+    }
+}

@@ -167,6 +167,8 @@ pub struct Pep {
     pub max_payload_bytes: usize,
     /// Most nodes one account may have.
     pub max_nodes_per_user: usize,
+    /// Most explicit (XEP-0060) subscriptions one node accepts; contacts need none.
+    pub max_subscriptions_per_node: usize,
     /// XEP-0115 verification strings whose feature lists are remembered (shared by all users).
     pub caps_cache_size: usize,
     /// Disco#info queries the server may have outstanding to clients at once.
@@ -446,6 +448,7 @@ impl Default for Pep {
             max_items_per_node: 256,
             max_payload_bytes: 128 * 1024,
             max_nodes_per_user: 256,
+            max_subscriptions_per_node: 1000,
             caps_cache_size: 10_000,
             max_pending_queries: 1000,
             query_timeout_secs: 30,

@@ -141,3 +141,51 @@ pub async fn query(
         Err(_) => Err(IqOutError::Timeout),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn stanza(raw: &str) -> Stanza {
+        let ctx = std::sync::Arc::new(crate::xml::NsContext {
+            default_ns: Some(NS_CLIENT.into()),
+            prefixes: Vec::new(),
+        });
+        Stanza::parse(Bytes::from(raw.to_string()), ctx).unwrap()
+    }
+
+    /// Only the queried address can answer a query, and only once; errors are errors.
+    #[test]
+    fn answers_are_matched_by_id_and_sender() {
+        let p = PendingIqs::default();
+        let (tx, mut rx) = oneshot::channel();
+        p.lock().insert(
+            "q1".into(),
+            Waiter {
+                to: "a@x/phone".into(),
+                tx,
+            },
+        );
+        let result = stanza("<iq type='result' id='q1'><query xmlns='urn:x'/></iq>");
+        let other: FullJid = "mallory@x/r".parse().unwrap();
+        let queried: FullJid = "a@x/phone".parse().unwrap();
+        assert!(!p.answer(&result, &other), "a different sender is ignored");
+        assert!(rx.try_recv().is_err());
+        assert!(p.answer(&result, &queried));
+        assert!(matches!(rx.try_recv(), Ok(Ok(el)) if el.attr("id") == Some("q1")));
+        assert!(!p.answer(&result, &queried), "answered once");
+        assert!(p.is_empty());
+
+        let (tx, mut rx) = oneshot::channel();
+        p.lock().insert(
+            "q2".into(),
+            Waiter {
+                to: "a@x/phone".into(),
+                tx,
+            },
+        );
+        assert!(p.answer(&stanza("<iq type='error' id='q2'/>"), &queried));
+        assert!(matches!(rx.try_recv(), Ok(Err(IqOutError::Error))));
+    }
+}

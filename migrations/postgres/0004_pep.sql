@@ -24,3 +24,11 @@ CREATE TABLE pep_items (
 );
 
 CREATE INDEX pep_items_node ON pep_items (node_id, id);
+
+-- Explicit XEP-0060 subscriptions (entities without a presence subscription, e.g. OMEMO
+-- peers that are not contacts); contacts are subscribed implicitly and not listed here.
+CREATE TABLE pep_subscriptions (
+    node_id BIGINT NOT NULL REFERENCES pep_nodes (id) ON DELETE CASCADE,
+    jid     TEXT   NOT NULL,                   -- bare or full JID of the subscriber
+    PRIMARY KEY (node_id, jid)
+);

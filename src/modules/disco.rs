@@ -49,7 +49,7 @@ impl Module for Disco {
                     if info {
                         Ok(Some(account_info(&req)))
                     } else {
-                        Ok(Some(Element::builder("query", NS_ITEMS).build()))
+                        account_items(&req).await.map(Some)
                     }
                 }
             }
@@ -122,6 +122,16 @@ fn account_info(req: &IqRequest<'_>) -> Element {
             .flat_map(|m| m.account_features().iter().copied()),
     )
     .build()
+}
+
+async fn account_items(req: &IqRequest<'_>) -> Result<Element, StanzaError> {
+    let mut q = Element::builder("query", NS_ITEMS);
+    for m in req.server.modules.all() {
+        for item in m.account_items(req).await? {
+            q = q.append(item);
+        }
+    }
+    Ok(q.build())
 }
 
 /// XEP-0030 §3.1 / RFC 6121 §8.5.3.1: an account answers for itself to its owner and to

@@ -35,6 +35,8 @@ pub enum Scope {
 
 pub type IqFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Option<Element>, StanzaError>> + Send + 'a>>;
+pub type ItemsFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<Element>, StanzaError>> + Send + 'a>>;
 
 /// One IQ get/set for a handler.
 pub struct IqRequest<'a> {
@@ -84,6 +86,11 @@ pub trait Module: Send + Sync + 'static {
     /// (category, type) identities an account's disco#info adds (XEP-0163: pubsub/pep).
     fn account_identities(&self) -> &'static [(&'static str, &'static str)] {
         &[]
+    }
+    /// XEP-0030 `<item/>`s an account's disco#items lists for the requester (XEP-0163: the
+    /// PEP nodes it may read).
+    fn account_items<'a>(&'a self, _req: &'a IqRequest<'a>) -> ItemsFuture<'a> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
     }
     /// XEP-0128 extension forms for the server's disco#info.
     fn server_info_forms(&self, _server: &ServerState) -> Vec<Element> {

@@ -33,9 +33,11 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// Parse a submitted form of `form_type`. Err(Unsupported) for an unknown field or value;
-/// Ok(None) for a form of another type or `type='cancel'`.
-pub fn parse(x: &Element, form_type: &str) -> Result<Option<Options>, Unsupported> {
+/// Parse a submitted form of `form_type`. Err(Unsupported) for a value we cannot take, and
+/// for an unknown field when `strict` (publish-options preconditions must all be checkable,
+/// XEP-0060 §7.1.5; a configuration form may carry fields we simply do not offer); Ok(None)
+/// for a form of another type or `type='cancel'`.
+pub fn parse(x: &Element, form_type: &str, strict: bool) -> Result<Option<Options>, Unsupported> {
     if x.attr("type") == Some("cancel") {
         return Ok(None);
     }
@@ -74,7 +76,8 @@ pub fn parse(x: &Element, form_type: &str) -> Result<Option<Options>, Unsupporte
             | "pubsub#deliver_payloads"
             | "pubsub#presence_based_delivery"
                 if parse_bool(&value) == Some(true) => {}
-            _ => return Err(bad()),
+            _ if strict => return Err(bad()),
+            _ => {}
         }
     }
     Ok(typed.then_some(o))
@@ -180,6 +183,7 @@ mod tests {
                 &[("pubsub#access_model", "open"), ("pubsub#max_items", "max")],
             ),
             FORM_PUBLISH_OPTIONS,
+            true,
         )
         .unwrap()
         .unwrap();
@@ -192,17 +196,28 @@ mod tests {
         assert_eq!(
             parse(
                 &form(FORM_PUBLISH_OPTIONS, &[("pubsub#title", "x")]),
-                FORM_PUBLISH_OPTIONS
+                FORM_PUBLISH_OPTIONS,
+                true
             ),
             Err(Unsupported("pubsub#title".into()))
         );
+        // A configuration form may name fields we do not offer; they are ignored.
         assert_eq!(
-            parse(&form("urn:other", &[]), FORM_PUBLISH_OPTIONS),
+            parse(
+                &form(FORM_NODE_CONFIG, &[("pubsub#title", "x")]),
+                FORM_NODE_CONFIG,
+                false
+            ),
+            Ok(Some(Options::default()))
+        );
+        assert_eq!(
+            parse(&form("urn:other", &[]), FORM_PUBLISH_OPTIONS, true),
             Ok(None)
         );
         assert!(parse(
             &form(FORM_PUBLISH_OPTIONS, &[("pubsub#max_items", "-1")]),
-            FORM_PUBLISH_OPTIONS
+            FORM_PUBLISH_OPTIONS,
+            true
         )
         .is_err());
     }
@@ -217,7 +232,7 @@ mod tests {
         };
         let mut x = node_config_form(&c);
         crate::stanza::ElementExt::put_attr(&mut x, "type", "submit");
-        let o = parse(&x, FORM_NODE_CONFIG).unwrap().unwrap();
+        let o = parse(&x, FORM_NODE_CONFIG, true).unwrap().unwrap();
         assert_eq!(o.apply(NodeConfig::default()), c);
     }
 }

@@ -5,15 +5,15 @@
 //!
 //! Subscriptions are implicit (XEP-0163 §4.3 "auto-subscribe"): contacts with a presence
 //! subscription to the owner get notifications, filtered by the `+notify` features of their
-//! XEP-0115 caps ([`crate::caps`]); see [`notify`]. Explicit XEP-0060 subscriptions are not
-//! implemented (feature-not-implemented). Items are stored in [`crate::storage::Pubsub`],
+//! XEP-0115 caps ([`crate::caps`]); see [`notify`]. Explicit XEP-0060 subscriptions (§6.1)
+//! serve everyone else on open nodes (e.g. OMEMO peers that are not contacts). Items are stored in [`crate::storage::Pubsub`],
 //! which makes XEP-0223 private storage and XEP-0402 bookmarks plain PEP nodes with
 //! `access_model=whitelist`.
 
 use jid::BareJid;
 use minidom::Element;
 
-use crate::modules::{IqFuture, IqRequest, Module, Scope};
+use crate::modules::{IqFuture, IqRequest, ItemsFuture, Module, Scope};
 use crate::server::ServerState;
 use crate::stanza::{BuilderExt, Condition, StanzaError};
 use crate::storage::{AccessModel, NodeConfig, PepItem, PepNode, StorageError, Subscription};
@@ -63,11 +63,16 @@ impl Module for Pep {
             "http://jabber.org/protocol/pubsub#last-published",
             "http://jabber.org/protocol/pubsub#multi-items",
             "http://jabber.org/protocol/pubsub#persistent-items",
+            "http://jabber.org/protocol/pubsub#purge-nodes",
             "http://jabber.org/protocol/pubsub#publish",
             "http://jabber.org/protocol/pubsub#publish-options",
             "http://jabber.org/protocol/pubsub#retract-items",
             "http://jabber.org/protocol/pubsub#retrieve-items",
+            "http://jabber.org/protocol/pubsub#subscribe",
         ]
+    }
+    fn account_items<'a>(&'a self, req: &'a IqRequest<'a>) -> ItemsFuture<'a> {
+        Box::pin(disco_items(req))
     }
     fn handle_iq<'a>(&'a self, req: IqRequest<'a>) -> IqFuture<'a> {
         Box::pin(async move {
@@ -92,21 +97,23 @@ impl Module for Pep {
                     create(&req, user, op, conf).await
                 }
                 (false, false, "items") => items(&req, user, op).await,
-                (false, _, "subscribe" | "unsubscribe" | "subscriptions" | "options") => {
-                    Err(unsupported("subscribe"))
-                }
+                (false, true, "subscribe") => subscribe(&req, user, op).await,
+                (false, true, "unsubscribe") => unsubscribe(&req, user, op).await,
+                (false, _, "subscriptions" | "options" | "affiliations") => Err(unsupported()),
                 (true, false, "configure") => configure_get(&req, user, op).await,
                 (true, true, "configure") => configure_set(&req, user, op).await,
                 (true, true, "delete") => delete(&req, user, op).await,
+                (true, true, "purge") => purge(&req, user, op).await,
                 _ => Err(StanzaError::new(Condition::FeatureNotImplemented)),
             }
         })
     }
 }
 
-/// XEP-0060 §7.1.3.x / §6.1.3.x: `<feature-not-implemented/>` + `<unsupported/>`.
-fn unsupported(_feature: &'static str) -> StanzaError {
-    StanzaError::new(Condition::FeatureNotImplemented).with_app("unsupported", NS_ERRORS)
+/// XEP-0060 §5.x/§6.x "not supported": `<feature-not-implemented/>` (the pubsub#errors
+/// `<unsupported/>` element would need a 'feature' attribute stanza errors do not carry).
+fn unsupported() -> StanzaError {
+    StanzaError::new(Condition::FeatureNotImplemented)
 }
 
 fn app(c: Condition, name: &'static str) -> StanzaError {
@@ -174,7 +181,7 @@ fn publish_options(opts: Option<&Element>) -> Result<form::Options, StanzaError>
     let Some(x) = opts.and_then(|o| o.get_child("x", form::NS_DATA)) else {
         return Ok(form::Options::default());
     };
-    match form::parse(x, form::FORM_PUBLISH_OPTIONS) {
+    match form::parse(x, form::FORM_PUBLISH_OPTIONS, true) {
         Ok(Some(o)) => Ok(o),
         Ok(None) => Err(app(Condition::BadRequest, "invalid-options")),
         // §7.1.5: unknown fields reject the publication.
@@ -333,7 +340,7 @@ async fn create(
     };
     let mut config = NodeConfig::default();
     if let Some(x) = conf.and_then(|c| c.get_child("x", form::NS_DATA)) {
-        match form::parse(x, form::FORM_NODE_CONFIG) {
+        match form::parse(x, form::FORM_NODE_CONFIG, false) {
             Ok(Some(o)) => config = o.apply(config),
             Ok(None) => {}
             Err(_) => return Err(StanzaError::new(Condition::NotAcceptable)),
@@ -418,6 +425,80 @@ async fn items(
     ))
 }
 
+/// The subscriber address of a subscribe/unsubscribe: the sender's own bare or full JID
+/// (XEP-0060 §6.1.3.1 invalid-jid otherwise).
+fn subscriber(req: &IqRequest<'_>, op: &Element) -> Result<jid::Jid, StanzaError> {
+    let from = req
+        .from
+        .ok_or_else(|| StanzaError::new(Condition::Forbidden))?;
+    let jid = op
+        .attr("jid")
+        .and_then(|j| jid::Jid::new(j).ok())
+        .ok_or_else(|| app(Condition::BadRequest, "jid-required"))?;
+    if jid.to_bare() != from.to_bare() {
+        return Err(app(Condition::BadRequest, "invalid-jid"));
+    }
+    Ok(jid)
+}
+
+/// XEP-0060 §6.1 explicit subscription (non-contacts of open nodes, e.g. OMEMO peers).
+async fn subscribe(
+    req: &IqRequest<'_>,
+    user: (&str, &str),
+    op: &Element,
+) -> Result<Option<Element>, StanzaError> {
+    let name = node_name(op)?;
+    let jid = subscriber(req, op)?;
+    let node = existing(req.server, user, name).await?;
+    can_read(req.server, req.to, &jid.to_bare(), &node.config).await?;
+    let max = req.server.config.pep.max_subscriptions_per_node;
+    if !req
+        .server
+        .storage
+        .pubsub()
+        .subscribe(node.id, jid.as_str(), max)
+        .await?
+    {
+        return Err(StanzaError::with_text(
+            Condition::NotAllowed,
+            "too many subscriptions",
+        ));
+    }
+    notify::last_to_subscriber(req.server, req.to, &node, &jid).await;
+    Ok(Some(
+        Element::builder("pubsub", NS)
+            .append(
+                Element::builder("subscription", NS)
+                    .at("node", name)
+                    .at("jid", jid.as_str())
+                    .at("subscription", "subscribed")
+                    .build(),
+            )
+            .build(),
+    ))
+}
+
+/// XEP-0060 §6.2 unsubscribe.
+async fn unsubscribe(
+    req: &IqRequest<'_>,
+    user: (&str, &str),
+    op: &Element,
+) -> Result<Option<Element>, StanzaError> {
+    let name = node_name(op)?;
+    let jid = subscriber(req, op)?;
+    let node = existing(req.server, user, name).await?;
+    if !req
+        .server
+        .storage
+        .pubsub()
+        .unsubscribe(node.id, jid.as_str())
+        .await?
+    {
+        return Err(app(Condition::UnexpectedRequest, "not-subscribed"));
+    }
+    Ok(None)
+}
+
 async fn configure_get(
     req: &IqRequest<'_>,
     user: (&str, &str),
@@ -452,7 +533,7 @@ async fn configure_set(
     let server = req.server;
     let _guard = server.pep.locks.lock(user).await;
     let node = existing(server, user, name).await?;
-    let options = match form::parse(x, form::FORM_NODE_CONFIG) {
+    let options = match form::parse(x, form::FORM_NODE_CONFIG, false) {
         Ok(Some(o)) => o,
         Ok(None) => return Ok(None),
         Err(_) => return Err(StanzaError::new(Condition::NotAcceptable)),
@@ -481,6 +562,45 @@ async fn delete(
         .build();
     notify::broadcast(req.server, req.to, &node, ev).await;
     Ok(None)
+}
+
+/// XEP-0060 §8.5 purge: remove every item, notifying interested subscribers.
+async fn purge(
+    req: &IqRequest<'_>,
+    user: (&str, &str),
+    op: &Element,
+) -> Result<Option<Element>, StanzaError> {
+    require_owner(req)?;
+    let name = node_name(op)?;
+    let server = req.server;
+    let node = existing(server, user, name).await?;
+    server.storage.pubsub().purge(node.id).await?;
+    let ev = Element::builder("purge", NS_EVENT).at("node", name).build();
+    notify::broadcast(server, req.to, &node, ev).await;
+    Ok(None)
+}
+
+/// XEP-0163 §7 / XEP-0060 §5.2: the nodes the requester may read, as disco items.
+async fn disco_items(req: &IqRequest<'_>) -> Result<Vec<Element>, StanzaError> {
+    let (Some(user), Some(from)) = (user_of(req.to), req.from) else {
+        return Ok(Vec::new());
+    };
+    let from = from.to_bare();
+    let mut out = Vec::new();
+    for node in req.server.storage.pubsub().nodes(user).await? {
+        if can_read(req.server, req.to, &from, &node.config)
+            .await
+            .is_ok()
+        {
+            out.push(
+                Element::builder("item", crate::modules::disco::NS_ITEMS)
+                    .at("jid", req.to.as_str())
+                    .at("node", node.name.as_str())
+                    .build(),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// The account's bare JID as (domain, localpart) for storage calls.

@@ -44,7 +44,11 @@ pub fn item_element_ns(item: &PepItem, ns: &str) -> Option<Element> {
 }
 
 fn event_message(from: &str, to: &str, child: &Element) -> Bytes {
-    let msg = Element::builder("message", NS_CLIENT)
+    xml::to_bytes(&event_element(from, to, child))
+}
+
+fn event_element(from: &str, to: &str, child: &Element) -> Element {
+    Element::builder("message", NS_CLIENT)
         .at("from", from)
         .at("to", to)
         .at("type", "headline")
@@ -54,7 +58,19 @@ fn event_message(from: &str, to: &str, child: &Element) -> Bytes {
                 .append(child.clone())
                 .build(),
         )
-        .build();
+        .build()
+}
+
+/// A stored item sent later (last published item): stamped with when it was published
+/// (XEP-0203), so clients can tell it from a fresh event.
+fn delayed_event_message(from: &str, to: &str, child: &Element, stamp_ms: i64) -> Bytes {
+    let mut msg = event_element(from, to, child);
+    msg.append_child(
+        Element::builder("delay", "urn:xmpp:delay")
+            .at("from", from)
+            .at("stamp", crate::stanza::xep82_datetime(stamp_ms))
+            .build(),
+    );
     xml::to_bytes(&msg)
 }
 
@@ -82,6 +98,7 @@ pub async fn broadcast(server: &ServerState, owner: &BareJid, node: &PepNode, ch
             Err(e) => tracing::error!(error = %e, "roster load failed for PEP notification"),
         }
     }
+    let mut sent: HashSet<String> = HashSet::new();
     for bare in targets {
         for r in server.router.resources(bare.as_str()) {
             let Some(p) = &r.presence else { continue };
@@ -91,6 +108,92 @@ pub async fn broadcast(server: &ServerState, owner: &BareJid, node: &PepNode, ch
             let to = format!("{}/{}", bare.as_str(), r.resource);
             r.handle
                 .send(Deliver::Bytes(event_message(owner.as_str(), &to, &child)));
+            sent.insert(to);
+        }
+    }
+    // Explicit subscribers (XEP-0060 §6.1) of open nodes: those of the other models are
+    // exactly the owner and the contacts, notified above.
+    if node.config.access_model == AccessModel::Open {
+        explicit(server, owner, node, &child, &sent).await;
+    }
+}
+
+async fn explicit(
+    server: &ServerState,
+    owner: &BareJid,
+    node: &PepNode,
+    child: &Element,
+    sent: &HashSet<String>,
+) {
+    let subs = match server.storage.pubsub().subscribers(node.id).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "PEP subscribers load failed");
+            return;
+        }
+    };
+    for jid in subs.iter().filter_map(|j| jid::Jid::new(j).ok()) {
+        if !server.serves(jid.domain().as_str()) {
+            continue;
+        }
+        let bare = jid.to_bare();
+        for r in server.router.resources(bare.as_str()) {
+            let wanted = match jid.resource() {
+                Some(res) => res.as_str() == r.resource,
+                None => r.presence.is_some(),
+            };
+            let to = format!("{}/{}", bare.as_str(), r.resource);
+            if wanted && !sent.contains(&to) {
+                r.handle
+                    .send(Deliver::Bytes(event_message(owner.as_str(), &to, child)));
+            }
+        }
+    }
+}
+
+/// XEP-0060 §6.1.7: the last item of a node to a new subscriber (a full JID, or every
+/// available resource of a bare one), as its configuration allows.
+pub async fn last_to_subscriber(
+    server: &ServerState,
+    owner: &BareJid,
+    node: &PepNode,
+    to: &jid::Jid,
+) {
+    if node.config.send_last == SendLast::Never {
+        return;
+    }
+    let items = match server.storage.pubsub().items(node.id, &[], Some(1)).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(error = %e, "PEP last item load failed");
+            return;
+        }
+    };
+    let Some(first) = items.first() else {
+        return;
+    };
+    let Some(el) = item_element(first) else {
+        return;
+    };
+    let stamp = first.stamp_ms;
+    let child = Element::builder("items", NS_EVENT)
+        .at("node", node.name.as_str())
+        .append(el)
+        .build();
+    let bare = to.to_bare();
+    for r in server.router.resources(bare.as_str()) {
+        let wanted = match to.resource() {
+            Some(res) => res.as_str() == r.resource,
+            None => r.presence.is_some(),
+        };
+        if wanted {
+            let full = format!("{}/{}", bare.as_str(), r.resource);
+            r.handle.send(Deliver::Bytes(delayed_event_message(
+                owner.as_str(),
+                &full,
+                &child,
+                stamp,
+            )));
         }
     }
 }
@@ -202,7 +305,12 @@ async fn send_last(
         server.router.send_full(
             bare.as_str(),
             to.resource().as_str(),
-            Deliver::Bytes(event_message(owner.as_str(), to.as_str(), &child)),
+            Deliver::Bytes(delayed_event_message(
+                owner.as_str(),
+                to.as_str(),
+                &child,
+                item.stamp_ms,
+            )),
         );
     }
 }

@@ -504,6 +504,7 @@ async fn inbound_one(
         queue.push_back(generated(&s.to, &s.from, SubType::Subscribed));
         if old.approved || i.state.sub != old.sub {
             presence_to(server, &s.to, &s.from);
+            crate::pep::notify::subscription_approved(server, &s.to, &s.from);
         }
     }
     if s.kind == SubType::Unsubscribe && i.state.sub != old.sub {

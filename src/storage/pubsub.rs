@@ -434,6 +434,25 @@ impl Pubsub<'_> {
         Ok(())
     }
 
+    /// Remove every item of a node (XEP-0060 §8.5 purge).
+    pub async fn purge(&self, node_id: i64) -> Result<(), StorageError> {
+        match &self.s.db {
+            Db::Sqlite(pool) => {
+                sqlx::query("DELETE FROM pep_items WHERE node_id = ?")
+                    .bind(node_id)
+                    .execute(pool)
+                    .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("DELETE FROM pep_items WHERE node_id = $1")
+                    .bind(node_id)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Remove one item; false when there was no such item.
     pub async fn retract(&self, node_id: i64, item_id: &str) -> Result<bool, StorageError> {
         let n = match &self.s.db {
@@ -541,6 +560,91 @@ impl Pubsub<'_> {
                     .collect()
             }
         }
+    }
+}
+
+impl Pubsub<'_> {
+    /// Add an explicit subscription. Ok(false) when the node already has `max` subscribers
+    /// (an existing subscription is kept and counts as success).
+    pub async fn subscribe(
+        &self,
+        node_id: i64,
+        jid: &str,
+        max: usize,
+    ) -> Result<bool, StorageError> {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let n = match &self.s.db {
+            Db::Sqlite(pool) => sqlx::query(
+                "INSERT INTO pep_subscriptions (node_id, jid)
+                 SELECT ?1, ?2 WHERE (SELECT COUNT(*) FROM pep_subscriptions WHERE node_id = ?1) < ?3
+                 ON CONFLICT (node_id, jid) DO UPDATE SET jid = excluded.jid",
+            )
+            .bind(node_id)
+            .bind(jid)
+            .bind(max)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Db::Postgres(pool) => sqlx::query(
+                "INSERT INTO pep_subscriptions (node_id, jid)
+                 SELECT $1, $2 WHERE (SELECT COUNT(*) FROM pep_subscriptions WHERE node_id = $1) < $3
+                 ON CONFLICT (node_id, jid) DO UPDATE SET jid = excluded.jid",
+            )
+            .bind(node_id)
+            .bind(jid)
+            .bind(max)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        if n > 0 {
+            return Ok(true);
+        }
+        // Full: fine if this subscription already exists.
+        Ok(self.subscribers(node_id).await?.iter().any(|j| j == jid))
+    }
+
+    /// Remove an explicit subscription; false when there was none.
+    pub async fn unsubscribe(&self, node_id: i64, jid: &str) -> Result<bool, StorageError> {
+        let n = match &self.s.db {
+            Db::Sqlite(pool) => {
+                sqlx::query("DELETE FROM pep_subscriptions WHERE node_id = ? AND jid = ?")
+                    .bind(node_id)
+                    .bind(jid)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("DELETE FROM pep_subscriptions WHERE node_id = $1 AND jid = $2")
+                    .bind(node_id)
+                    .bind(jid)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+        };
+        Ok(n > 0)
+    }
+
+    /// The explicit subscribers of a node.
+    pub async fn subscribers(&self, node_id: i64) -> Result<Vec<String>, StorageError> {
+        Ok(match &self.s.db {
+            Db::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT jid FROM pep_subscriptions WHERE node_id = ? ORDER BY jid",
+                )
+                .bind(node_id)
+                .fetch_all(pool)
+                .await?
+            }
+            Db::Postgres(pool) => sqlx::query_scalar(
+                "SELECT jid FROM pep_subscriptions WHERE node_id = $1 ORDER BY jid COLLATE \"C\"",
+            )
+            .bind(node_id)
+            .fetch_all(pool)
+            .await?,
+        })
     }
 }
 

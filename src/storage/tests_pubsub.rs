@@ -98,9 +98,32 @@ async fn pep_nodes_and_items(s: &Storage, _t: &Target) {
         .map(|n| n.name)
         .collect();
     assert_eq!(names, ["empty", "n"]);
+    p.purge(node.id).await.unwrap();
+    assert!(p.items(node.id, &[], None).await.unwrap().is_empty());
+    p.publish(node.id, &item("2", "<x>2c</x>"), 1)
+        .await
+        .unwrap();
+    // Explicit subscriptions, bounded per node; they go with the node.
+    assert!(p.subscribe(node.id, "x@example.org", 2).await.unwrap());
+    assert!(p.subscribe(node.id, "y@example.org/r", 2).await.unwrap());
+    assert!(
+        p.subscribe(node.id, "x@example.org", 2).await.unwrap(),
+        "idempotent"
+    );
+    assert!(
+        !p.subscribe(node.id, "z@example.org", 2).await.unwrap(),
+        "full"
+    );
+    assert_eq!(
+        p.subscribers(node.id).await.unwrap(),
+        ["x@example.org", "y@example.org/r"]
+    );
+    assert!(p.unsubscribe(node.id, "x@example.org").await.unwrap());
+    assert!(!p.unsubscribe(node.id, "x@example.org").await.unwrap());
     assert!(p.delete_node(u, "n").await.unwrap());
     assert!(!p.delete_node(u, "n").await.unwrap());
     assert_eq!(rows(s, "pep_items").await, 0);
+    assert_eq!(rows(s, "pep_subscriptions").await, 0);
 }
 
 both!(pep_node_limit_and_account_deletion);
