@@ -485,6 +485,53 @@ def test_bookmarks_xep0402(server, accounts):
     run(body())
 
 
+def test_bookmarks_compat_with_private_storage(server, accounts):
+    """XEP-0402 §5.3 (#compat): a XEP-0048 client using XEP-0049 private storage and a
+    XEP-0402 client see the same bookmarks, kept once in the PEP node."""
+    (a,) = accounts(server, "pepbmcompat")
+    room, other = "compat@conference.example.org", "other@conference.example.org"
+
+    async def body():
+        s = pep_session(server, a)
+        s.xmpp.register_plugin("xep_0049")
+        s.xmpp.register_plugin("xep_0048")
+        await connect(s)
+        try:
+            info = await s.xmpp["xep_0030"].get_info(jid=bare(s.jid))
+            assert "urn:xmpp:bookmarks:1#compat" in info["disco_info"]["features"]
+            from slixmpp.plugins.xep_0060.stanza import Item
+            conf = Item()["conference"]
+            conf["name"] = "Compat Room"
+            conf["autojoin"] = True
+            conf["nick"] = "me"
+            r = await s.iq_wrap(s.xmpp["xep_0060"].publish(
+                None, "urn:xmpp:bookmarks:1", id=room, payload=conf.xml,
+                options=options(persist_items="true", max_items="max",
+                                send_last_published_item="never",
+                                access_model="whitelist")))
+            assert r["type"] == "result", r
+            # The XEP-0402 item, read through XEP-0049 as XEP-0048.
+            r = await s.iq_wrap(s.xmpp["xep_0048"].get_bookmarks(method="xep_0049"))
+            assert r["type"] == "result", r
+            confs = list(r["private"]["bookmarks"]["conferences"])
+            assert [(c["jid"], c["name"], c["nick"], c["autojoin"]) for c in confs] == [
+                (room, "Compat Room", "me", True)], confs
+            # A XEP-0048 write replaces the set: the PEP node follows.
+            from slixmpp.plugins.xep_0048.stanza import Bookmarks
+            bm = Bookmarks()
+            bm.add_conference(other, "nick2", name="Other", autojoin=False)
+            r = await s.iq_wrap(s.xmpp["xep_0048"].set_bookmarks(bm, method="xep_0049"))
+            assert r["type"] == "result", r
+            got = await items(s, bare(s.jid), "urn:xmpp:bookmarks:1")
+            its = list(got["pubsub"]["items"])
+            assert [i["id"] for i in its] == [other], its
+            assert its[0]["conference"]["name"] == "Other"
+            assert its[0]["conference"]["nick"] == "nick2"
+        finally:
+            await disconnect(s)
+    run(body())
+
+
 def test_avatar_xep0084(server, accounts):
     a, b = accounts(server, "pepavatar", "pepviewer")
     data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8

@@ -27,8 +27,12 @@ pub trait Claim: Send + Sync {
 
 /// Which module, if any, has claimed (namespace, element name). None: stored here.
 /// The place to hook XEP-0411 (`("storage:bookmarks", "storage")` → PEP bookmarks) later.
-pub fn claimant(_ns: &str, _name: &str) -> Option<&'static dyn Claim> {
-    None
+pub fn claimant(ns: &str, name: &str) -> Option<&'static dyn Claim> {
+    match (ns, name) {
+        // XEP-0402 §5.3 (#compat): XEP-0048 bookmarks live in the PEP bookmarks node.
+        (crate::pep::bookmarks::NS_LEGACY, "storage") => Some(&crate::pep::bookmarks::Compat),
+        _ => None,
+    }
 }
 
 pub struct PrivateStorage;

@@ -192,3 +192,29 @@ mod tests {
         );
     }
 }
+
+/// The private XML storage hook (see `modules::private::claimant`): `<storage
+/// xmlns='storage:bookmarks'/>` reads and writes the PEP node instead of a private row.
+pub struct Compat;
+
+impl crate::modules::private::Claim for Compat {
+    fn get<'a>(
+        &'a self,
+        req: &'a crate::modules::IqRequest<'a>,
+        _requested: &'a Element,
+    ) -> crate::modules::IqFuture<'a> {
+        Box::pin(async move { private_get(req.server, req.to).await.map(Some) })
+    }
+
+    fn set<'a>(
+        &'a self,
+        req: &'a crate::modules::IqRequest<'a>,
+        element: &'a Element,
+    ) -> crate::modules::IqFuture<'a> {
+        Box::pin(async move {
+            let publisher = req.from.map(|f| f.to_string()).unwrap_or_default();
+            private_set(req.server, req.to, &publisher, element).await?;
+            Ok(None)
+        })
+    }
+}

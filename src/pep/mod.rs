@@ -49,6 +49,7 @@ impl Module for Pep {
     fn account_features(&self) -> &'static [&'static str] {
         &[
             NS,
+            bookmarks::FEATURE_COMPAT,
             "http://jabber.org/protocol/pubsub#access-open",
             "http://jabber.org/protocol/pubsub#access-presence",
             "http://jabber.org/protocol/pubsub#access-whitelist",
