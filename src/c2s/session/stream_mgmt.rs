@@ -316,7 +316,7 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 _ = mailbox.wait_kick() => {}
-                _ = shutdown.changed() => {}
+                _ = shutdown.changed() => return Err(End::Error("system-shutdown", None)),
                 h = Self::next_handoff(&mut self.sm) => return Ok(h),
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::info!(jid = %self.jid, "resumption timed out");
