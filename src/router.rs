@@ -183,6 +183,12 @@ impl Mailbox {
         self.data.notified().await
     }
 
+    /// Wake the session task without a kick: it then looks for other work (a XEP-0198
+    /// resumption handed to it). Reuses the kick signal so idle sessions wait on nothing more.
+    pub fn wake(&self) {
+        self.kicked.notify_one();
+    }
+
     /// Resolves when a kick has been requested since the last call.
     pub async fn wait_kick(&self) {
         self.kicked.notified().await

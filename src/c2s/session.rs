@@ -115,6 +115,9 @@ impl Session<'_> {
         let mailbox = self.handle.mailbox.clone();
         let mut batch = Vec::new();
         loop {
+            if self.take_handoff() {
+                return End::Handover; // XEP-0198 §5: resumed elsewhere, this one is replaced
+            }
             if let Err(e) = self.drain_parser().await {
                 return e;
             }
@@ -134,21 +137,28 @@ impl Session<'_> {
                 if let Err(e) = self.before_flush() {
                     return e;
                 }
-                let write = tokio::time::timeout(idle, self.conn.flush());
-                tokio::select! {
-                    biased;
-                    _ = mailbox.wait_kick() => {
-                        if let Some(k) = mailbox.kick_reason() {
-                            return End::Error(k.condition(), None);
+                let written = {
+                    let write = tokio::time::timeout(idle, self.conn.flush());
+                    tokio::pin!(write);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            // A wake without a kick (a XEP-0198 handoff) must not cut a
+                            // write short: the rest of the buffer would be written twice.
+                            _ = mailbox.wait_kick() => {
+                                if let Some(k) = mailbox.kick_reason() {
+                                    return End::Error(k.condition(), None);
+                                }
+                            }
+                            r = &mut write => break r,
                         }
                     }
-                    r = write => match r {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return e,
-                        Err(_) => return End::Error("connection-timeout", Some("not reading".into())),
-                    },
+                };
+                match written {
+                    Ok(Ok(())) => self.flushed(),
+                    Ok(Err(e)) => return e,
+                    Err(_) => return End::Error("connection-timeout", Some("not reading".into())),
                 }
-                self.flushed();
                 // More may have been queued while writing.
                 continue;
             }
@@ -166,13 +176,6 @@ impl Session<'_> {
                 }
                 _ = shutdown.changed() => return End::Error("system-shutdown", None),
                 _ = mailbox.ready() => {}
-                h = Self::next_handoff(&mut self.sm) => {
-                    // XEP-0198 §5: resumed elsewhere while this connection still looks alive.
-                    if let Some(sm) = self.sm.as_deref_mut() {
-                        sm.takeover = Some(h);
-                    }
-                    return End::Handover;
-                }
                 r = self.conn.read_some() => match r {
                     Ok(true) => {}
                     Ok(false) => return End::PeerClosed,

@@ -17,6 +17,8 @@ use std::sync::Mutex;
 use tokio::sync::mpsc;
 
 use super::Conn;
+use crate::router::Mailbox;
+use std::sync::Arc;
 
 pub const NS: &str = "urn:xmpp:sm:3";
 
@@ -156,6 +158,8 @@ struct Entry {
     /// The bare JID that enabled the session: only it may resume.
     owner: String,
     tx: mpsc::Sender<Box<Handoff>>,
+    /// Woken after a handoff is queued (the session polls its channel then).
+    mailbox: Arc<Mailbox>,
 }
 
 impl Registry {
@@ -164,7 +168,7 @@ impl Registry {
     }
 
     /// A fresh SM-ID for `owner`: 128 random bits, so it cannot be guessed.
-    pub fn register(&self, owner: &str) -> Resumable {
+    pub fn register(&self, owner: &str, mailbox: Arc<Mailbox>) -> Resumable {
         use base64::Engine;
         let id =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
@@ -174,6 +178,7 @@ impl Registry {
             Entry {
                 owner: owner.to_string(),
                 tx,
+                mailbox,
             },
         );
         Resumable { id, rx }
@@ -186,13 +191,15 @@ impl Registry {
     /// Hand a connection to the session `id` if `owner` enabled it. Gives the handoff back
     /// when there is no such session (unknown, expired, another account's, or busy).
     pub fn hand_over(&self, id: &str, owner: &str, h: Box<Handoff>) -> Result<(), Box<Handoff>> {
-        let tx = match self.lock().get(id) {
-            Some(e) if e.owner == owner => e.tx.clone(),
+        let (tx, mailbox) = match self.lock().get(id) {
+            Some(e) if e.owner == owner => (e.tx.clone(), e.mailbox.clone()),
             _ => return Err(h),
         };
         tx.try_send(h).map_err(|e| match e {
             mpsc::error::TrySendError::Full(h) | mpsc::error::TrySendError::Closed(h) => h,
-        })
+        })?;
+        mailbox.wake();
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -356,9 +363,10 @@ mod tests {
     #[test]
     fn only_the_owner_can_resume() {
         let r = Registry::default();
-        let res = r.register("a@x");
+        let mb = Arc::new(Mailbox::new(4));
+        let res = r.register("a@x", mb.clone());
         assert_eq!(res.id.len(), 22);
-        let other = r.register("a@x");
+        let other = r.register("a@x", mb);
         assert_ne!(res.id, other.id);
         r.remove(&other.id);
         assert_eq!(r.len(), 1);

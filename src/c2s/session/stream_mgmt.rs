@@ -127,8 +127,10 @@ impl Session<'_> {
         let max = attr("max")
             .and_then(|m| m.parse::<u64>().ok())
             .map_or(cfg.resume_timeout_secs, |m| m.min(cfg.resume_timeout_secs));
-        let resume =
-            (wants_resume && max > 0).then(|| self.conn.state.sm.register(self.bare.as_str()));
+        let resume = (wants_resume && max > 0).then(|| {
+            let mailbox = self.handle.mailbox.clone();
+            self.conn.state.sm.register(self.bare.as_str(), mailbox)
+        });
         let enabled = match &resume {
             Some(r) => format!(
                 "<enabled xmlns='{}' id='{}' resume='true' max='{max}'/>",
@@ -265,8 +267,24 @@ impl Session<'_> {
         }
     }
 
-    /// A resumption arriving while connected; pending forever without a resumable session.
-    pub(super) async fn next_handoff(sm: &mut Option<Box<SmState>>) -> Box<Handoff> {
+    /// A resumption handed to this session while it is connected (§5 takeover): kept for
+    /// `after_loop`. Polled when the session is woken (see `sm::Registry::hand_over`), so
+    /// an idle session waits on nothing more than before.
+    pub(super) fn take_handoff(&mut self) -> bool {
+        let Some(sm) = self.sm.as_deref_mut() else {
+            return false;
+        };
+        match sm.resume.as_mut().map(|r| r.rx.try_recv()) {
+            Some(Ok(h)) => {
+                sm.takeover = Some(h);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A resumption for a detached session; pending forever without a resumable session.
+    async fn next_handoff(sm: &mut Option<Box<SmState>>) -> Box<Handoff> {
         if let Some(r) = sm.as_deref_mut().and_then(|s| s.resume.as_mut()) {
             if let Some(h) = r.rx.recv().await {
                 return h;
@@ -316,7 +334,7 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 _ = mailbox.wait_kick() => {}
-                _ = shutdown.changed() => {}
+                _ = shutdown.changed() => return Err(End::Error("system-shutdown", None)),
                 h = Self::next_handoff(&mut self.sm) => return Ok(h),
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::info!(jid = %self.jid, "resumption timed out");
