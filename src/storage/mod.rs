@@ -28,8 +28,8 @@ use sqlx::Row;
 use crate::sasl::{HashAlg, ScramCredential};
 
 mod accounts;
-mod blocking;
 mod archive;
+mod blocking;
 pub use archive::{
     ArchiveFilter, ArchivePrefs, ArchivedMessage, Direction, NewArchived, PrefsDefault,
 };

@@ -915,8 +915,8 @@ async fn offline_byte_cap(s: &Storage, _t: &Target) {
     );
 }
 
-#[path = "tests_vcard_private_push.rs"]
-mod vcard_private_push;
+mod archive;
 #[path = "tests_blocking.rs"]
 mod blocking;
-mod archive;
+#[path = "tests_vcard_private_push.rs"]
+mod vcard_private_push;
