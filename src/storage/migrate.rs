@@ -17,17 +17,31 @@ pub(super) struct Migration {
     pub sql: &'static str,
 }
 
-pub(super) const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-}];
+pub(super) const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "fast",
+        sql: include_str!("../../migrations/sqlite/0006_fast.sql"),
+    },
+];
 
-pub(super) const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/postgres/0001_init.sql"),
-}];
+pub(super) const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "fast",
+        sql: include_str!("../../migrations/postgres/0006_fast.sql"),
+    },
+];
 
 /// Arbitrary constant key for `pg_advisory_lock` ("starling" in ASCII, truncated).
 const PG_LOCK_KEY: i64 = 0x5354_4152_4c49_4e47;

@@ -6,6 +6,7 @@
 //! - [`accounts`]: accounts, SCRAM credentials, last activity (XEP-0012).
 //! - [`roster`]: roster items with groups, versions (XEP-0237), pending inbound subscriptions.
 //! - [`offline`]: offline message queue with a per-user cap.
+//! - [`fast`]: XEP-0484 FAST tokens (sealed), two slots per client.
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -23,6 +24,8 @@ use sqlx::Row;
 use crate::sasl::{HashAlg, ScramCredential};
 
 mod accounts;
+mod fast;
+pub use fast::{Fast, FastToken, Slot};
 mod migrate;
 mod offline;
 pub use offline::OfflineCap;
