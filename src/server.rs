@@ -37,6 +37,8 @@ pub struct ServerState {
     pub contacts: crate::roster::ContactCache,
     /// XEP-0198 resumable sessions by SM-ID.
     pub sm: crate::c2s::sm::Registry,
+    /// XEP-0484 FAST: the key sealing tokens at rest (loaded on first use).
+    pub fast_keys: crate::c2s::fast::TokenKeys,
 }
 
 impl ServerState {
@@ -98,6 +100,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         roster_locks: Default::default(),
         contacts: Default::default(),
         sm: Default::default(),
+        fast_keys: crate::c2s::fast::TokenKeys::new(&config.data_dir),
         domains,
         storage,
         router: Router::new(),
