@@ -426,7 +426,7 @@ impl Session<'_> {
                 self.conn.state.sm.remove(&r.id);
                 r.rx.close();
                 while let Ok(h) = r.rx.try_recv() {
-                    reject(h);
+                    reject(*h);
                 }
             }
             pending.extend(sm.unacked.drain(..));
@@ -547,7 +547,7 @@ fn has_body(el: &minidom::Element) -> bool {
 }
 
 /// A resumption that raced with the session's end: tell the client, and close.
-fn reject(h: Box<Handoff>) {
+fn reject(h: Handoff) {
     let mut conn = *h.conn;
     conn.write_bytes(failed("item-not-found").as_bytes());
     tokio::spawn(conn.finish(End::PeerClosed));
