@@ -225,6 +225,22 @@ def test_sasl2_two_logins_same_tag_get_distinct_resources(server):
         b.close()
 
 
+def test_bind2_same_client_replaces_its_earlier_session(server):
+    """XEP-0386: the resource is stable per client installation, and a new bind from the
+    same client ends its earlier session."""
+    first = Sasl2(server)
+    second = Sasl2(server, ua=first.ua)
+    try:
+        j1 = identity(first.scram("carol", PASSWORD, extra=BIND))
+        j2 = identity(second.scram("carol", PASSWORD, extra=BIND))
+        assert j1 == j2
+        assert first.stream.expect_stream_error() == "conflict"
+        second.ping()
+    finally:
+        first.close()
+        second.close()
+
+
 def test_sasl2_scram_plus_tls_exporter(server):
     c = Sasl2(server, tls_impl="openssl")
     try:

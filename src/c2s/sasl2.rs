@@ -212,7 +212,7 @@ pub async fn authenticate(conn: &mut Conn, st: &Stanza) -> Result<Outcome, End> 
         }
     }
     let bound = match &req.bind {
-        Some(b) => bind2(conn, &bare, b, &mut success),
+        Some(b) => bind2(conn, &bare, req.client_id.as_deref(), b, &mut success),
         None => None,
     };
     match bound {
@@ -388,11 +388,38 @@ async fn token_for_success(
     ))
 }
 
-/// XEP-0386 §3.2: bind `tag/random` and enable the requested inline features. The
+/// The server-generated part of a Bind 2 resource. With a `<user-agent id/>` it is stable per
+/// (account, client installation): XEP-0386 §3.2.1 allows stable identifiers, and binding the
+/// same resource again ends the client's earlier session (`<conflict/>`), which is what the
+/// XEP asks for ("SHOULD terminate any earlier sessions from the same client"). The id itself
+/// is not exposed: only 72 bits of a SHA-256 over it (a UUID v4 has 122 random bits).
+fn resource_suffix(bare: &BareJid, client_id: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    match client_id {
+        Some(id) => {
+            let digest = Sha256::new()
+                .chain_update(b"starling bind2 resource\0")
+                .chain_update(bare.as_str().as_bytes())
+                .chain_update(b"\0")
+                .chain_update(id.as_bytes())
+                .finalize();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..9])
+        }
+        None => crate::stanza::random_id(),
+    }
+}
+
+/// XEP-0386 §3.2: bind `tag/suffix` and enable the requested inline features. The
 /// `<bound/>` answer goes into `success`. None when the account has too many resources
 /// (authentication still succeeds; the client may bind the RFC 6120 way and get the error).
-fn bind2(conn: &Conn, bare: &BareJid, req: &Element, success: &mut Element) -> Option<Bound> {
-    let suffix = crate::stanza::random_id();
+fn bind2(
+    conn: &Conn,
+    bare: &BareJid,
+    client_id: Option<&str>,
+    req: &Element,
+    success: &mut Element,
+) -> Option<Bound> {
+    let suffix = resource_suffix(bare, client_id);
     let tag = req
         .get_child("tag", NS_BIND2)
         .map(|t| t.text().trim().to_string())
