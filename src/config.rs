@@ -361,6 +361,9 @@ impl Config {
         if self.auth.scram_iterations < 4096 {
             return bad("auth.scram_iterations: at least 4096 (RFC 7677)".into());
         }
+        if self.auth.fast_token_lifetime_secs == 0 {
+            return bad("auth.fast_token_lifetime_secs: must be positive".into());
+        }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls: set both cert and key, or neither".into());
         }
