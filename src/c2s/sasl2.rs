@@ -460,3 +460,84 @@ fn bind2(
         inactive,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(xml: &str) -> Result<Request, SaslError> {
+        let el: Element = xml.parse().unwrap();
+        Request::parse(&el)
+    }
+
+    #[test]
+    fn parses_authenticate() {
+        let r = parse(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'>\
+             <initial-response>YWxpY2U=</initial-response>\
+             <user-agent id=' d4565fa7-4d72-4749-b3d3-740edbf87770 '><software>x</software></user-agent>\
+             <bind xmlns='urn:xmpp:bind:0'><tag>T</tag></bind>\
+             <resume xmlns='urn:xmpp:sm:3' previd='p' h='3'/>\
+             <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-EXPR'/>\
+             <fast xmlns='urn:xmpp:fast:0' count='7' invalidate='1'/></authenticate>",
+        )
+        .unwrap();
+        assert_eq!(r.mechanism, "HT-SHA-256-NONE");
+        assert_eq!(r.initial, Some(Ok(b"alice".to_vec())));
+        assert_eq!(
+            r.client_id.as_deref(),
+            Some("d4565fa7-4d72-4749-b3d3-740edbf87770")
+        );
+        assert!(r.bind.is_some() && r.resume.is_some());
+        assert_eq!(r.request_token.as_deref(), Some("HT-SHA-256-EXPR"));
+        let f = r.fast.unwrap();
+        assert_eq!((f.count, f.invalidate), (Some(7), true));
+
+        // No initial response is not an empty one; an empty one is.
+        let r = parse("<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'/>").unwrap();
+        assert!(r.initial.is_none() && r.client_id.is_none() && r.fast.is_none());
+        let r = parse(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response/></authenticate>",
+        )
+        .unwrap();
+        assert_eq!(r.initial, Some(Ok(Vec::new())));
+    }
+
+    #[test]
+    fn rejects_bad_authenticate() {
+        assert!(matches!(
+            parse("<authenticate xmlns='urn:xmpp:sasl:2'/>"),
+            Err(SaslError::InvalidMechanism)
+        ));
+        for count in ["-1", "x", "99999999999"] {
+            let xml = format!(
+                "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'>\
+                 <fast xmlns='urn:xmpp:fast:0' count='{count}'/></authenticate>"
+            );
+            assert!(matches!(parse(&xml), Err(SaslError::MalformedRequest(_))));
+        }
+        let long = "a".repeat(MAX_CLIENT_ID_LEN + 1);
+        let r = parse(&format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><user-agent id='{long}'/></authenticate>"
+        ))
+        .unwrap();
+        assert!(r.client_id.is_none());
+    }
+
+    #[test]
+    fn resource_suffix_is_stable_per_client_and_hides_the_id() {
+        let a = BareJid::new("alice@example.org").unwrap();
+        let b = BareJid::new("bob@example.org").unwrap();
+        let id = "d4565fa7-4d72-4749-b3d3-740edbf87770";
+        let s = resource_suffix(&a, Some(id));
+        assert_eq!(s, resource_suffix(&a, Some(id)));
+        assert_ne!(
+            s,
+            resource_suffix(&a, Some("0b7f5b5e-4f4b-4b43-9a3e-2f1a4a0c9e11"))
+        );
+        assert_ne!(s, resource_suffix(&b, Some(id)));
+        assert!(!s.contains("d4565fa7"));
+        assert_eq!(s.len(), 12);
+        assert_ne!(resource_suffix(&a, None), resource_suffix(&a, None));
+    }
+}
