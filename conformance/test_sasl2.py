@@ -472,6 +472,28 @@ def test_fast_endp_channel_binding(server):
         f.close()
 
 
+def test_fast_expr_channel_binding(server):
+    """HT-SHA-256-EXPR: the token proof covers RFC 9266 tls-exporter data (TLS 1.3)."""
+    c = Sasl2(server, tls_impl="openssl")
+    try:
+        assert "HT-SHA-256-EXPR" in c.fast_mechanisms()
+        request = f"<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-EXPR'/>"
+        token = token_of(c.scram("bob", PASSWORD, extra=request)).get("token")
+    finally:
+        c.close()
+    f = Sasl2(server, tls_impl="openssl", ua=c.ua)
+    try:
+        # Another connection's exporter (a relayed proof) does not verify.
+        assert condition(f.ht("bob", token, mechanism="HT-SHA-256-EXPR", count=1,
+                              cb_data=b"\x01" * 32)) == "not-authorized"
+        success = f.ht("bob", token, mechanism="HT-SHA-256-EXPR", count=2,
+                       cb_data=f.stream.transport.exporter(), extra=BIND)
+        assert identity(success).startswith("bob@localhost/ConfTest/")
+        f.ping()
+    finally:
+        f.close()
+
+
 def test_fast_rotation_keeps_old_token_until_new_is_used(server):
     ua, t1 = fresh_token(server, "bob")
 
