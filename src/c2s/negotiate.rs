@@ -663,18 +663,27 @@ async fn bind(conn: &mut Conn, st: &Stanza, user: &str) -> Result<Option<Bound>,
     }))
 }
 
-/// Register `jid` with the router (RFC 6120 §7, XEP-0386): None when the account has too
-/// many resources already.
-pub(super) fn bind_jid(conn: &Conn, jid: &FullJid) -> Option<SessionHandle> {
-    let handle = SessionHandle::new(
+/// Register `jid` with the router (RFC 6120 §7): None when the account has too many
+/// resources already.
+fn bind_jid(conn: &Conn, jid: &FullJid) -> Option<SessionHandle> {
+    let handle = new_handle(conn);
+    route_jid(conn, jid, &handle).then_some(handle)
+}
+
+/// A session handle not yet reachable through the router (XEP-0386 sets its flags first).
+pub(super) fn new_handle(conn: &Conn) -> SessionHandle {
+    SessionHandle::new(
         conn.state.router.next_session_id(),
         conn.state.config.limits.session_queue,
-    );
+    )
+}
+
+/// Make `handle` reachable as `jid`; false when the account has too many resources.
+pub(super) fn route_jid(conn: &Conn, jid: &FullJid, handle: &SessionHandle) -> bool {
     let max = conn.state.config.limits.max_resources;
     let bare = jid.to_bare();
     conn.state
         .router
         .bind(bare.as_str(), jid.resource().as_str(), handle.clone(), max)
-        .ok()?;
-    Some(handle)
+        .is_ok()
 }

@@ -13,7 +13,7 @@ use jid::{BareJid, FullJid};
 use minidom::Element;
 
 use super::negotiate::{
-    authenticated_features, bind_jid, bound_features, decode_b64, offered_mechanisms,
+    authenticated_features, bound_features, decode_b64, new_handle, offered_mechanisms, route_jid,
     run_mechanism, sasl_failure, Bound, Profile,
 };
 use super::session::{failed_el, new_sm, try_resume};
@@ -427,18 +427,16 @@ fn bind2(
     let jid: FullJid = tag
         .and_then(|t| bare.with_resource_str(&format!("{t}/{suffix}")).ok())
         .or_else(|| bare.with_resource_str(&suffix).ok())?;
-    let handle = bind_jid(conn, &jid)?;
+    // Module features (e.g. carbons) are set on the handle before the router can reach it,
+    // so no stanza routed to the new resource misses them (XEP-0386 §1: atomic set-up).
+    let handle = new_handle(conn);
     let mut bound = Element::builder("bound", NS_BIND2).build();
-    let mut sm_state = None;
+    let mut sm_request = None;
     let mut inactive = false;
     for child in req.children() {
         match (child.ns().as_str(), child.name()) {
             (NS_BIND2, _) => {}
-            (sm::NS, "enable") if sm_state.is_none() => {
-                let (state, enabled) = new_sm(&conn.state, bare, Some(child));
-                bound.append_child(enabled);
-                sm_state = Some(state);
-            }
+            (sm::NS, "enable") => sm_request = sm_request.or(Some(child)),
             (csi::NS, "inactive") => inactive = true,
             (csi::NS, "active") => inactive = false,
             (ns, _) => {
@@ -452,6 +450,15 @@ fn bind2(
             }
         }
     }
+    if !route_jid(conn, &jid, &handle) {
+        return None;
+    }
+    // After binding: an SM-ID is registered only for a session that exists.
+    let sm_state = sm_request.map(|r| {
+        let (state, enabled) = new_sm(&conn.state, bare, Some(r));
+        bound.append_child(enabled);
+        state
+    });
     success.append_child(bound);
     Some(Bound {
         jid,
