@@ -207,6 +207,12 @@ pub struct Csi {
 pub struct Auth {
     /// PBKDF2 iterations for new SCRAM credentials (RFC 7677 asks for at least 4096).
     pub scram_iterations: u32,
+    /// XEP-0484 FAST: lifetime of a login token, seconds. A token used in its second half is
+    /// rotated (a new one comes with the login's success).
+    pub fast_token_lifetime_secs: u64,
+    /// XEP-0484 FAST: most clients (SASL2 user-agent ids) holding tokens per account; beyond
+    /// it, the client whose token expires first loses it.
+    pub fast_max_clients: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -477,6 +483,8 @@ impl Default for Auth {
     fn default() -> Self {
         Auth {
             scram_iterations: 4096,
+            fast_token_lifetime_secs: 14 * 24 * 3600,
+            fast_max_clients: 32,
         }
     }
 }
@@ -569,6 +577,9 @@ impl Config {
         }
         if self.auth.scram_iterations < 4096 {
             return bad("auth.scram_iterations: at least 4096 (RFC 7677)".into());
+        }
+        if self.auth.fast_token_lifetime_secs == 0 {
+            return bad("auth.fast_token_lifetime_secs: must be positive".into());
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls: set both cert and key, or neither".into());

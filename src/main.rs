@@ -40,6 +40,9 @@ enum Command {
     },
     /// Delete an account and everything it owns.
     Deluser { jid: String },
+    /// Revoke every XEP-0484 FAST login token of an account (its clients must log in with
+    /// the password again). Changing the password does this too.
+    RevokeTokens { jid: String },
     /// List accounts, optionally of one domain.
     Users { domain: Option<String> },
     /// Validate the configuration and print the effective settings.
@@ -67,6 +70,7 @@ fn main() -> Result<()> {
             },
             Command::Passwd { jid, password } => passwd(&config, &jid, password).await,
             Command::Deluser { jid } => deluser(&config, &jid).await,
+            Command::RevokeTokens { jid } => revoke_tokens(&config, &jid).await,
             Command::Users { domain } => users(&config, domain).await,
             Command::CheckConfig => check_config(&config).await,
         }
@@ -288,6 +292,17 @@ async fn deluser(config: &Config, jid: &str) -> Result<()> {
         bail!("{user}@{domain} does not exist");
     }
     println!("deleted {user}@{domain}");
+    Ok(())
+}
+
+async fn revoke_tokens(config: &Config, jid: &str) -> Result<()> {
+    let (domain, user) = split_jid(config, jid)?;
+    let storage = open(config).await?;
+    if !storage.accounts().exists((&domain, &user)).await? {
+        bail!("{user}@{domain} does not exist");
+    }
+    let n = storage.fast().revoke_all((&domain, &user)).await?;
+    println!("revoked {n} FAST token(s) of {user}@{domain}");
     Ok(())
 }
 

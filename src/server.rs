@@ -47,6 +47,8 @@ pub struct ServerState {
     pub iq_out: crate::iq_out::PendingIqs,
     /// XEP-0198 resumable sessions by SM-ID.
     pub sm: crate::c2s::sm::Registry,
+    /// XEP-0484 FAST: the key sealing tokens at rest (loaded on first use).
+    pub fast_keys: crate::c2s::fast::TokenKeys,
 }
 
 impl ServerState {
@@ -115,6 +117,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         pep: Default::default(),
         iq_out: Default::default(),
         sm: Default::default(),
+        fast_keys: crate::c2s::fast::TokenKeys::new(&config.data_dir),
         domains,
         storage,
         router: Router::new(),

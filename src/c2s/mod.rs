@@ -16,7 +16,9 @@ use crate::stanza::NS_STREAMS;
 use crate::xml::{self, Event, StreamParser, XmlError, NS_STREAM};
 
 pub mod csi;
+pub mod fast;
 mod negotiate;
+mod sasl2;
 pub mod session;
 pub mod sm;
 mod transport;

@@ -1,5 +1,6 @@
 //! Stream negotiation up to a bound resource (RFC 6120 §4–§7): header checks, features,
-//! STARTTLS, SASL, in-band registration before authentication, and resource binding.
+//! STARTTLS, SASL, in-band registration before authentication, and resource binding. SASL2
+//! (XEP-0388) with Bind 2 and FAST lives in `sasl2`, sharing the mechanisms run here.
 
 use crate::stanza::BuilderExt;
 use base64::Engine;
@@ -24,6 +25,27 @@ pub const NS_SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 pub struct Bound {
     pub jid: FullJid,
     pub handle: SessionHandle,
+    /// XEP-0198 already enabled inline (XEP-0386 Bind 2): the session starts with it.
+    pub sm: Option<Box<super::sm::SmState>>,
+    /// XEP-0352 `<inactive/>` requested inline: the session starts inactive.
+    pub inactive: bool,
+}
+
+/// Which SASL profile an exchange runs under: RFC 6120 §6 or XEP-0388 (SASL2). Both share
+/// the mechanisms; only the element names and the empty-data encoding differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Profile {
+    Rfc6120,
+    Sasl2,
+}
+
+impl Profile {
+    fn ns(self) -> &'static str {
+        match self {
+            Profile::Rfc6120 => NS_SASL,
+            Profile::Sasl2 => super::sasl2::NS,
+        }
+    }
 }
 
 pub async fn negotiate(conn: &mut Conn) -> Result<Bound, End> {
@@ -97,6 +119,23 @@ async fn negotiate_inner(conn: &mut Conn) -> Result<Bound, End> {
                             "policy-violation",
                             Some("too many failed authentication attempts".into()),
                         ));
+                    }
+                }
+                (super::sasl2::NS, "authenticate", None) if conn.secure() => {
+                    // XEP-0388: no stream restart; the outcome's features are already queued.
+                    match Box::pin(super::sasl2::authenticate(conn, &st)).await? {
+                        super::sasl2::Outcome::Authenticated(u) => user = Some(u),
+                        super::sasl2::Outcome::Bound(b) => return Ok(*b),
+                        super::sasl2::Outcome::Handover => return Err(End::Handover),
+                        super::sasl2::Outcome::Failed => {
+                            failures += 1;
+                            if failures >= conn.state.config.limits.max_auth_failures {
+                                return Err(End::Error(
+                                    "policy-violation",
+                                    Some("too many failed authentication attempts".into()),
+                                ));
+                            }
+                        }
                     }
                 }
                 (NS_CLIENT, "iq", None) => preauth_iq(conn, &st).await?,
@@ -190,6 +229,9 @@ fn features(conn: &Conn, authenticated: bool) -> Vec<Element> {
                 );
             }
             f.push(mechs.build());
+            if let Some(sasl2) = super::sasl2::feature(conn) {
+                f.push(sasl2);
+            }
             let types = conn.bindings.types();
             if !types.is_empty() {
                 let mut cb = Element::builder("sasl-channel-binding", NS_SASL_CB);
@@ -214,7 +256,30 @@ fn features(conn: &Conn, authenticated: bool) -> Vec<Element> {
     f
 }
 
-fn offered_mechanisms(conn: &Conn) -> Vec<Mechanism> {
+/// Stream features after XEP-0386 binding or resumption: what the modules offer a bound
+/// session (no resource binding any more).
+pub(super) fn bound_features(conn: &Conn) -> Vec<u8> {
+    let mut out = b"<stream:features>".to_vec();
+    for m in conn.state.modules.all() {
+        for el in m.stream_features(&conn.state, true) {
+            out.extend_from_slice(&crate::xml::to_bytes(&el));
+        }
+    }
+    out.extend_from_slice(b"</stream:features>");
+    out
+}
+
+/// The authenticated stream's features, serialized (after a SASL2 success without binding).
+pub(super) fn authenticated_features(conn: &Conn) -> Vec<u8> {
+    let mut out = b"<stream:features>".to_vec();
+    for el in features(conn, true) {
+        out.extend_from_slice(&crate::xml::to_bytes(&el));
+    }
+    out.extend_from_slice(b"</stream:features>");
+    out
+}
+
+pub(super) fn offered_mechanisms(conn: &Conn) -> Vec<Mechanism> {
     if !conn.secure() && conn.state.config.c2s.require_tls {
         return Vec::new(); // RFC 6120 §5.3.1: TLS first when it is mandatory
     }
@@ -252,24 +317,25 @@ async fn starttls(conn: &mut Conn) -> Result<(), End> {
     }
 }
 
-fn sasl_el(name: &str, data: Option<&[u8]>) -> Element {
-    let mut b = Element::builder(name, NS_SASL);
+fn sasl_el(p: Profile, name: &str, data: Option<&[u8]>) -> Element {
+    let mut b = Element::builder(name, p.ns());
     if let Some(d) = data {
-        b = b.append(if d.is_empty() {
-            "=".to_string()
-        } else {
-            base64::engine::general_purpose::STANDARD.encode(d)
+        // RFC 6120 §6.4.2 writes empty data as "="; XEP-0388 as an empty element.
+        b = b.append(match (d.is_empty(), p) {
+            (true, Profile::Rfc6120) => "=".to_string(),
+            (true, Profile::Sasl2) => String::new(),
+            (false, _) => base64::engine::general_purpose::STANDARD.encode(d),
         });
     }
     b.build()
 }
 
-fn sasl_failure(conn: &mut Conn, e: &SaslError) {
-    let mut f = Element::builder("failure", NS_SASL)
+pub(super) fn sasl_failure(conn: &mut Conn, p: Profile, e: &SaslError) {
+    let mut f = Element::builder("failure", p.ns())
         .append(Element::builder(e.condition(), NS_SASL).build());
     if let SaslError::MalformedRequest(t) = e {
         f = f.append(
-            Element::builder("text", NS_SASL)
+            Element::builder("text", p.ns())
                 .at("xml:lang", "en")
                 .append(t.as_str())
                 .build(),
@@ -278,7 +344,7 @@ fn sasl_failure(conn: &mut Conn, e: &SaslError) {
     conn.write_el(&f.build());
 }
 
-fn decode_b64(text: &str) -> Result<Vec<u8>, SaslError> {
+pub(super) fn decode_b64(text: &str) -> Result<Vec<u8>, SaslError> {
     let t = text.trim();
     if t.is_empty() || t == "=" {
         return Ok(Vec::new());
@@ -289,14 +355,14 @@ fn decode_b64(text: &str) -> Result<Vec<u8>, SaslError> {
 }
 
 /// Wait for the client's `<response/>` (or `<abort/>`).
-async fn sasl_response(conn: &mut Conn) -> Result<Result<Vec<u8>, SaslError>, End> {
+async fn sasl_response(conn: &mut Conn, p: Profile) -> Result<Result<Vec<u8>, SaslError>, End> {
     conn.flush().await?;
     match conn.next_event().await? {
-        Event::Stanza(st) if st.ns == NS_SASL && st.name == "response" => {
+        Event::Stanza(st) if st.ns == p.ns() && st.name == "response" => {
             let el = st.element()?;
             Ok(decode_b64(&el.text()))
         }
-        Event::Stanza(st) if st.ns == NS_SASL && st.name == "abort" => Ok(Err(SaslError::Aborted)),
+        Event::Stanza(st) if st.ns == p.ns() && st.name == "abort" => Ok(Err(SaslError::Aborted)),
         Event::Close => Err(End::PeerClosed),
         _ => Err(End::Error(
             "not-authorized",
@@ -325,37 +391,49 @@ async fn sasl_exchange(conn: &mut Conn, auth: &Stanza) -> Result<Option<String>,
             } else {
                 Some(decode_b64(&text))
             };
-            match m {
-                Mechanism::Plain => plain(conn, initial).await?,
-                Mechanism::Scram { alg, plus } => scram(conn, initial, alg, plus).await?,
-            }
+            run_mechanism(conn, Profile::Rfc6120, m, initial).await?
         }
     };
     match result {
         Ok((user, additional)) => {
-            conn.write_el(&sasl_el("success", additional.as_deref()));
+            conn.write_el(&sasl_el(Profile::Rfc6120, "success", additional.as_deref()));
             tracing::info!(peer = %conn.peer, user = %format!("{user}@{}", conn.domain), mechanism = mech.map(|m| m.name()).unwrap_or(""), "authenticated");
             Ok(Some(user))
         }
         Err(e) => {
             tracing::info!(peer = %conn.peer, condition = e.condition(), "authentication failed");
-            sasl_failure(conn, &e);
+            sasl_failure(conn, Profile::Rfc6120, &e);
             Ok(None)
         }
     }
 }
 
-type SaslOutcome = Result<(String, Option<Vec<u8>>), SaslError>;
+/// The authenticated localpart and the mechanism's additional data for `<success/>`.
+pub(super) type SaslOutcome = Result<(String, Option<Vec<u8>>), SaslError>;
+
+/// Run a password mechanism (SCRAM or PLAIN) under either profile.
+pub(super) async fn run_mechanism(
+    conn: &mut Conn,
+    p: Profile,
+    m: Mechanism,
+    initial: Option<Result<Vec<u8>, SaslError>>,
+) -> Result<SaslOutcome, End> {
+    match m {
+        Mechanism::Plain => plain(conn, p, initial).await,
+        Mechanism::Scram { alg, plus } => scram(conn, p, initial, alg, plus).await,
+    }
+}
 
 async fn initial_or_prompt(
     conn: &mut Conn,
+    p: Profile,
     initial: Option<Result<Vec<u8>, SaslError>>,
 ) -> Result<Result<Vec<u8>, SaslError>, End> {
     match initial {
         Some(r) => Ok(r),
         None => {
-            conn.write_el(&sasl_el("challenge", Some(&[])));
-            sasl_response(conn).await
+            conn.write_el(&sasl_el(p, "challenge", Some(&[])));
+            sasl_response(conn, p).await
         }
     }
 }
@@ -377,9 +455,10 @@ fn check_authzid(authzid: Option<&str>, user: &str, domain: &str) -> Result<(), 
 
 async fn plain(
     conn: &mut Conn,
+    p: Profile,
     initial: Option<Result<Vec<u8>, SaslError>>,
 ) -> Result<SaslOutcome, End> {
-    let msg = match initial_or_prompt(conn, initial).await? {
+    let msg = match initial_or_prompt(conn, p, initial).await? {
         Ok(m) => m,
         Err(e) => return Ok(Err(e)),
     };
@@ -423,6 +502,7 @@ async fn plain(
 
 async fn scram(
     conn: &mut Conn,
+    p: Profile,
     initial: Option<Result<Vec<u8>, SaslError>>,
     alg: sasl::HashAlg,
     plus: bool,
@@ -430,7 +510,7 @@ async fn scram(
     let mut server = ScramServer::new(alg, plus, conn.bindings.clone());
     // Unknown users must look like real ones, down to the iteration count.
     server.set_fake_iterations(conn.state.config.auth.scram_iterations);
-    let first = match initial_or_prompt(conn, initial).await? {
+    let first = match initial_or_prompt(conn, p, initial).await? {
         Ok(m) => m,
         Err(e) => return Ok(Err(e)),
     };
@@ -453,8 +533,8 @@ async fn scram(
         None => None,
     };
     let server_first = server.server_first(cred.as_ref());
-    conn.write_el(&sasl_el("challenge", Some(&server_first)));
-    let fin = match sasl_response(conn).await? {
+    conn.write_el(&sasl_el(p, "challenge", Some(&server_first)));
+    let fin = match sasl_response(conn, p).await? {
         Ok(m) => m,
         Err(e) => return Ok(Err(e)),
     };
@@ -554,23 +634,13 @@ async fn bind(conn: &mut Conn, st: &Stanza, user: &str) -> Result<Option<Bound>,
             .with_resource_str(&crate::stanza::random_id())
             .map_err(|_| End::Error("internal-server-error", None))?,
     };
-    let handle = SessionHandle::new(
-        conn.state.router.next_session_id(),
-        conn.state.config.limits.session_queue,
-    );
-    let max = conn.state.config.limits.max_resources;
-    if conn
-        .state
-        .router
-        .bind(bare.as_str(), jid.resource().as_str(), handle.clone(), max)
-        .is_err()
-    {
+    let Some(handle) = bind_jid(conn, &jid) else {
         conn.write_el(&error_reply(
             &el,
             &StanzaError::with_text(Condition::ResourceConstraint, "too many resources"),
         ));
         return Ok(None);
-    }
+    };
     let payload = Element::builder("bind", NS_BIND)
         .append(
             Element::builder("jid", NS_BIND)
@@ -586,5 +656,35 @@ async fn bind(conn: &mut Conn, st: &Stanza, user: &str) -> Result<Option<Bound>,
     ));
     conn.flush().await?;
     tracing::info!(peer = %conn.peer, jid = %jid, "resource bound");
-    Ok(Some(Bound { jid, handle }))
+    Ok(Some(Bound {
+        jid,
+        handle,
+        sm: None,
+        inactive: false,
+    }))
+}
+
+/// Register `jid` with the router (RFC 6120 §7): None when the account has too many
+/// resources already.
+fn bind_jid(conn: &Conn, jid: &FullJid) -> Option<SessionHandle> {
+    let handle = new_handle(conn);
+    route_jid(conn, jid, &handle).then_some(handle)
+}
+
+/// A session handle not yet reachable through the router (XEP-0386 sets its flags first).
+pub(super) fn new_handle(conn: &Conn) -> SessionHandle {
+    SessionHandle::new(
+        conn.state.router.next_session_id(),
+        conn.state.config.limits.session_queue,
+    )
+}
+
+/// Make `handle` reachable as `jid`; false when the account has too many resources.
+pub(super) fn route_jid(conn: &Conn, jid: &FullJid, handle: &SessionHandle) -> bool {
+    let max = conn.state.config.limits.max_resources;
+    let bare = jid.to_bare();
+    conn.state
+        .router
+        .bind(bare.as_str(), jid.resource().as_str(), handle.clone(), max)
+        .is_ok()
 }

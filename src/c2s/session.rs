@@ -18,7 +18,7 @@ use crate::stanza::{error_reply, iq_result, parse_jid, Condition, StanzaError};
 use crate::xml::{self, Event, Stanza, NS_CLIENT};
 
 mod stream_mgmt;
-pub(crate) use stream_mgmt::{preauth_nonza, request_resume};
+pub(crate) use stream_mgmt::{failed_el, new_sm, preauth_nonza, request_resume, try_resume};
 
 /// What stanza handling needs to know about the sending session.
 pub struct Ctx<'a> {
@@ -83,10 +83,14 @@ pub async fn run(conn: &mut Conn, b: Bound) -> End {
         bare,
         handle: b.handle,
         presence: Default::default(),
-        sm: None,
-        csi: None,
+        // XEP-0386 Bind 2 may have enabled these inline.
+        sm: b.sm,
+        csi: b.inactive.then(Box::default),
         closed_cleanly: false,
     };
+    if b.inactive {
+        s.handle.set_client_state(crate::router::INACTIVE, true);
+    }
     // A resumable session outlives its connection (XEP-0198 §5): it goes round again on
     // the connection that resumed it.
     let end = loop {

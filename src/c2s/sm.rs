@@ -74,6 +74,15 @@ pub struct Handoff {
     pub conn: Box<Conn>,
     /// The client's 'h' from `<resume/>`.
     pub h: u32,
+    /// Set when the resumption was requested inside a SASL2 `<authenticate/>`.
+    pub inline: Option<Box<InlineResume>>,
+}
+
+/// XEP-0388/XEP-0198 inline resumption: `<resumed/>` goes inside this SASL2 `<success/>`,
+/// which the resumed session writes, followed by the stream features (no stream restart).
+pub struct InlineResume {
+    pub success: minidom::Element,
+    pub features: Vec<u8>,
 }
 
 /// What a resumable session keeps: its SM-ID and the receiving end of its handoff channel.

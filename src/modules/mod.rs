@@ -100,6 +100,24 @@ pub trait Module: Send + Sync + 'static {
     fn stream_features(&self, _server: &ServerState, _authenticated: bool) -> Vec<Element> {
         Vec::new()
     }
+    /// XEP-0386 Bind 2 inline features this module can enable at bind time (announced as
+    /// `<feature var=…/>` in the SASL2 bind feature); requests in these namespaces inside
+    /// `<bind xmlns='urn:xmpp:bind:0'>` go to [`Module::bind2_enable`].
+    fn bind2_features(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Enable an inline feature for the session being bound (e.g. XEP-0280 carbons: set the
+    /// session's flag on `session`). The returned element, if any, goes inside `<bound/>`.
+    /// Runs before the session's first stanza, so nothing can slip in between.
+    fn bind2_enable(
+        &self,
+        _server: &ServerState,
+        _jid: &FullJid,
+        _session: &SessionHandle,
+        _request: &Element,
+    ) -> Option<Element> {
+        None
+    }
     /// Answer a get/set: Ok(Some(payload)) or Ok(None) for an empty result. Modules that
     /// only contribute features or forms keep the default, which is never reached because
     /// they register no namespace.

@@ -3,7 +3,7 @@
 //! Sans-I/O state machines; the credential store is the caller's business.
 //!
 //!
-//! Layout: `crypto` (hash dispatch), `scram` ([`ScramServer`]), [`client`] (minimal SCRAM
+//! Layout: `crypto` (hash dispatch), `scram` ([`ScramServer`]), [`ht`] (XEP-0484 HT-*), [`client`] (minimal SCRAM
 //! client for tests/benchmarks); SASLprep, credentials and PLAIN live here.
 
 use std::borrow::Cow;
@@ -12,6 +12,7 @@ use rand::RngCore;
 
 pub mod client;
 mod crypto;
+pub mod ht;
 mod scram;
 #[cfg(test)]
 mod tests;
@@ -68,6 +69,9 @@ pub enum SaslError {
     EncryptionRequired,
     #[error("temporary auth failure")]
     TemporaryAuthFailure,
+    /// The credential (e.g. a XEP-0484 FAST token) is no longer valid.
+    #[error("credentials expired")]
+    CredentialsExpired,
 }
 
 impl SaslError {
@@ -82,6 +86,7 @@ impl SaslError {
             SaslError::NotAuthorized => "not-authorized",
             SaslError::EncryptionRequired => "encryption-required",
             SaslError::TemporaryAuthFailure => "temporary-auth-failure",
+            SaslError::CredentialsExpired => "credentials-expired",
         }
     }
 }

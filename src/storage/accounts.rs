@@ -287,7 +287,8 @@ impl Accounts<'_> {
         }
     }
 
-    /// Replace all credentials; Ok(false) when the account does not exist.
+    /// Replace all credentials (and revoke FAST tokens); Ok(false) when the account does not
+    /// exist.
     pub async fn set_credentials(
         &self,
         u: UserRef<'_>,
@@ -308,6 +309,12 @@ impl Accounts<'_> {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                // A new password revokes every FAST token (XEP-0484): whoever held one may be
+                // the reason for the change.
+                sqlx::query("DELETE FROM fast_tokens WHERE account_id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 let rows: Vec<_> = dedup_creds(creds).into_iter().map(|c| (id, c)).collect();
                 sqlite_insert_creds(&mut tx, &rows).await?;
                 tx.commit().await?;
@@ -323,6 +330,12 @@ impl Accounts<'_> {
                 .await?;
                 let Some(id) = id else { return Ok(false) };
                 sqlx::query("DELETE FROM credentials WHERE account_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                // A new password revokes every FAST token (XEP-0484): whoever held one may be
+                // the reason for the change.
+                sqlx::query("DELETE FROM fast_tokens WHERE account_id = $1")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;

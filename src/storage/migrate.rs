@@ -43,6 +43,11 @@ pub(super) const SQLITE: &[Migration] = &[
         name: "vcard_private_push",
         sql: include_str!("../../migrations/sqlite/0005_vcard_private_push.sql"),
     },
+    Migration {
+        version: 6,
+        name: "fast",
+        sql: include_str!("../../migrations/sqlite/0006_fast.sql"),
+    },
 ];
 
 pub(super) const POSTGRES: &[Migration] = &[
@@ -70,6 +75,11 @@ pub(super) const POSTGRES: &[Migration] = &[
         version: 5,
         name: "vcard_private_push",
         sql: include_str!("../../migrations/postgres/0005_vcard_private_push.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "fast",
+        sql: include_str!("../../migrations/postgres/0006_fast.sql"),
     },
 ];
 

@@ -11,6 +11,7 @@
 //! - [`blocking`]: XEP-0191 blocklists.
 //! - [`archive`]: XEP-0313 message archives and XEP-0441 preferences.
 //! - [`pubsub`]: PEP nodes and items (XEP-0163, XEP-0223).
+//! - [`fast`]: XEP-0484 FAST tokens (sealed), two slots per client.
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -33,6 +34,8 @@ mod blocking;
 pub use archive::{
     ArchiveFilter, ArchivePrefs, ArchivedMessage, Direction, NewArchived, PrefsDefault,
 };
+mod fast;
+pub use fast::{Fast, FastToken, Slot};
 mod migrate;
 mod offline;
 pub use offline::OfflineCap;

@@ -920,3 +920,5 @@ mod archive;
 mod blocking;
 #[path = "tests_vcard_private_push.rs"]
 mod vcard_private_push;
+/// XEP-0484 FAST token storage.
+mod fast;

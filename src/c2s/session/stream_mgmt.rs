@@ -35,32 +35,82 @@ fn failed(condition: &str) -> String {
 /// otherwise `<failed/>` is queued and the client may bind normally.
 pub fn request_resume(conn: &mut Conn, st: &Stanza, user: &str) -> bool {
     let el = st.element().ok();
-    let previd = el
-        .as_ref()
-        .and_then(|e| e.attr("previd"))
-        .map(str::to_string);
+    match try_resume(conn, el.as_ref(), user, None) {
+        Ok(()) => true,
+        Err((_, condition)) => {
+            conn.write_bytes(failed(condition).as_bytes());
+            false
+        }
+    }
+}
+
+/// Hand the connection to the session a `<resume/>` names. On failure the connection stays
+/// here and the XEP-0198 `<failed/>` condition is returned with the inline state.
+#[allow(clippy::type_complexity)]
+pub(crate) fn try_resume(
+    conn: &mut Conn,
+    el: Option<&minidom::Element>,
+    user: &str,
+    inline: Option<Box<sm::InlineResume>>,
+) -> Result<(), (Option<Box<sm::InlineResume>>, &'static str)> {
+    let previd = el.and_then(|e| e.attr("previd")).map(str::to_string);
     let h = el
-        .as_ref()
         .and_then(|e| e.attr("h"))
         .and_then(|h| h.parse::<u32>().ok());
     let owner = jid::BareJid::new(&format!("{user}@{}", conn.domain));
     let (Some(previd), Some(h), Ok(owner)) = (previd, h, owner) else {
-        conn.write_bytes(failed("bad-request").as_bytes());
-        return false;
+        return Err((inline, "bad-request"));
     };
     let state = conn.state.clone();
     let handoff = Box::new(Handoff {
         conn: Box::new(conn.take()),
         h,
+        inline,
     });
     match state.sm.hand_over(&previd, owner.as_str(), handoff) {
-        Ok(()) => true,
+        Ok(()) => Ok(()),
         Err(back) => {
+            let back = *back;
             *conn = *back.conn;
-            conn.write_bytes(failed("item-not-found").as_bytes());
-            false
+            Err((back.inline, "item-not-found"))
         }
     }
+}
+
+/// The XEP-0198 `<failed/>` nonza for a condition, as an element (XEP-0386 puts it inside
+/// `<bound/>` or SASL2 `<success/>`).
+pub(crate) fn failed_el(condition: &str) -> minidom::Element {
+    minidom::Element::builder("failed", sm::NS)
+        .append(minidom::Element::builder(condition, crate::stanza::NS_STANZAS).build())
+        .build()
+}
+
+/// Enable stream management for a session of `bare` (`<enable/>` attributes in `el`):
+/// the new state and the `<enabled/>` answer.
+pub(crate) fn new_sm(
+    server: &crate::server::ServerState,
+    bare: &jid::BareJid,
+    mailbox: &std::sync::Arc<crate::router::Mailbox>,
+    el: Option<&minidom::Element>,
+) -> (Box<SmState>, minidom::Element) {
+    let attr = |name: &str| el.and_then(|e| e.attr(name)).map(str::to_string);
+    let wants_resume = matches!(attr("resume").as_deref(), Some("true" | "1"));
+    let cfg = &server.config.sm;
+    let max = attr("max")
+        .and_then(|m| m.parse::<u64>().ok())
+        .map_or(cfg.resume_timeout_secs, |m| m.min(cfg.resume_timeout_secs));
+    let resume = (wants_resume && max > 0).then(|| server.sm.register(bare.as_str(), mailbox.clone()));
+    let enabled = match &resume {
+        Some(r) => minidom::Element::builder("enabled", sm::NS)
+            .at("id", r.id.as_str())
+            .at("resume", "true")
+            .at("max", max.to_string())
+            .build(),
+        None => minidom::Element::builder("enabled", sm::NS).build(),
+    };
+    let mut state = Box::new(SmState::new(resume));
+    state.timeout_secs = max;
+    (state, enabled)
 }
 
 /// Before binding, `<enable/>` is out of order (§3) and nothing else of ours applies.
@@ -121,27 +171,8 @@ impl Session<'_> {
             return self.write_nonza(&failed("unexpected-request"));
         }
         let el = st.element().ok();
-        let attr = |name: &str| el.as_ref().and_then(|e| e.attr(name)).map(str::to_string);
-        let wants_resume = matches!(attr("resume").as_deref(), Some("true" | "1"));
-        let cfg = &self.conn.state.config.sm;
-        let max = attr("max")
-            .and_then(|m| m.parse::<u64>().ok())
-            .map_or(cfg.resume_timeout_secs, |m| m.min(cfg.resume_timeout_secs));
-        let resume = (wants_resume && max > 0).then(|| {
-            let mailbox = self.handle.mailbox.clone();
-            self.conn.state.sm.register(self.bare.as_str(), mailbox)
-        });
-        let enabled = match &resume {
-            Some(r) => format!(
-                "<enabled xmlns='{}' id='{}' resume='true' max='{max}'/>",
-                sm::NS,
-                r.id
-            ),
-            None => format!("<enabled xmlns='{}'/>", sm::NS),
-        };
-        self.write_nonza(&enabled);
-        let mut state = Box::new(SmState::new(resume));
-        state.timeout_secs = max;
+        let (mut state, enabled) = new_sm(&self.conn.state, &self.bare, &self.handle.mailbox, el.as_ref());
+        self.write_nonza(&String::from_utf8_lossy(&xml::to_bytes(&enabled)));
         state.counted = self.conn.out.len();
         self.sm = Some(state);
     }
@@ -347,7 +378,7 @@ impl Session<'_> {
     /// Swap the new connection in (closing the old one if it was still open), answer
     /// `<resumed/>` and re-send what the client has not acknowledged (§5).
     async fn resume(&mut self, h: Box<Handoff>) -> Result<(), End> {
-        let Handoff { conn, h } = *h;
+        let Handoff { conn, h, inline } = *h;
         self.account();
         let mut old = std::mem::replace(self.conn, *conn);
         old.out.clear();
@@ -366,13 +397,30 @@ impl Session<'_> {
         sm.ack(h)
             .map_err(|e| End::ErrorApp("undefined-condition", e.element(), Some(e.text())))?;
         let id = sm.resume.as_ref().map(|r| r.id.clone()).unwrap_or_default();
-        let resumed = format!(
-            "<resumed xmlns='{}' h='{}' previd='{}'/>",
-            sm::NS,
-            sm.inbound,
-            xml::escape(&id)
-        );
-        self.conn.write_bytes(resumed.as_bytes());
+        let resumed = minidom::Element::builder("resumed", sm::NS)
+            .at("h", sm.inbound.to_string())
+            .at("previd", id)
+            .build();
+        match inline {
+            // XEP-0388: inside the SASL2 success (naming the resumed full JID), then features.
+            Some(i) => {
+                let sm::InlineResume {
+                    mut success,
+                    features,
+                } = *i;
+                let ns = success.ns();
+                success.remove_child("authorization-identifier", ns.as_str());
+                success.append_child(
+                    minidom::Element::builder("authorization-identifier", ns.as_str())
+                        .append(self.jid.to_string())
+                        .build(),
+                );
+                success.append_child(resumed);
+                self.conn.write_el(&success);
+                self.conn.write_bytes(&features);
+            }
+            None => self.conn.write_el(&resumed),
+        }
         for b in &sm.unacked {
             self.conn.out.extend_from_slice(b);
         }
