@@ -358,6 +358,39 @@ def test_bind2_inline_csi_inactive_holds_presence(server, accounts):
         bob.close()
 
 
+NS_CARBONS = "urn:xmpp:carbons:2"
+
+
+def test_bind2_inline_carbons_enable(server, accounts):
+    """XEP-0280 inside Bind 2: carbons are on from the first stanza, with no IQ."""
+    alice_name, bob_name = accounts(server, "bca", "bcb")
+    c = Sasl2(server)
+    bind = c.authentication().find(f"{q(NS_SASL2, 'inline')}/{q(NS_BIND2, 'bind')}")
+    vars_ = {f.get("var") for f in bind.findall(f"{q(NS_BIND2, 'inline')}/{q(NS_BIND2, 'feature')}")}
+    assert NS_CARBONS in vars_, vars_
+    other = RawStream(server.c2s_port)
+    bob = RawStream(server.c2s_port)
+    try:
+        success = c.scram(alice_name, PASSWORD, extra=f"<bind xmlns='{NS_BIND2}'><tag>Carb</tag>"
+                                                      f"<enable xmlns='{NS_CARBONS}'/></bind>")
+        assert success.tag == q(NS_SASL2, "success"), ET.tostring(success)
+        other_jid = other.login(alice_name, PASSWORD, "other")
+        bob.login(bob_name, PASSWORD, "desk")
+        # To alice's other resource by full JID: the Bind 2 session gets a <received/> copy.
+        bob.send(f"<message to='{other_jid}' type='chat' id='c1'><body>copy me</body></message>")
+        while True:
+            el = c.stream.read_element()
+            if el.tag == q(NS_CLIENT, "message"):
+                break
+        received = el.find(q(NS_CARBONS, "received"))
+        assert received is not None, ET.tostring(el)
+        assert "copy me" in ET.tostring(received, encoding="unicode")
+    finally:
+        c.close()
+        other.close()
+        bob.close()
+
+
 def test_sasl2_inline_sm_resume_gets_queued_message(server, accounts):
     alice_name, bob_name = accounts(server, "rsa", "rsb")
     c = Sasl2(server)

@@ -52,6 +52,23 @@ impl Module for CarbonsModule {
     fn handle_iq<'a>(&'a self, req: IqRequest<'a>) -> IqFuture<'a> {
         Box::pin(std::future::ready(toggle(&req)))
     }
+    fn bind2_features(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+    /// XEP-0280 §4 inside XEP-0386 Bind 2: `<enable/>` in `<bind/>` turns carbons on before
+    /// the resource can receive anything, so no message slips by uncopied.
+    fn bind2_enable(
+        &self,
+        _server: &crate::server::ServerState,
+        _jid: &jid::FullJid,
+        session: &crate::router::SessionHandle,
+        request: &Element,
+    ) -> Option<Element> {
+        if request.is("enable", NS) {
+            session.set_opt_in(opt_in::CARBONS, true);
+        }
+        None
+    }
 }
 
 /// §4/§5: enable or disable for the requesting session; repeats just succeed (§10.1).
