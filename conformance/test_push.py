@@ -126,6 +126,28 @@ def test_body_and_sender_when_configured(make_server, accounts):
     run(scenario())
 
 
+def test_live_message_to_an_inactive_client_is_pushed(make_server, accounts):
+    """A client that told the server it is inactive (XEP-0352) still gets the message on its
+    connection, and its push service is told, so a sleeping phone app wakes up; while it is
+    active, nothing is pushed."""
+    srv = make_server(extra_sections={"push": {"include_body": True, "min_interval_secs": 0}})
+    user, app, sender = accounts(srv, "pul", "pulapp", "puls")
+
+    async def scenario():
+        async with online(srv, user, PASSWORD) as u, app_server(srv, app) as p, \
+                online(srv, sender, PASSWORD) as s:
+            await enable(u, f"{app}@localhost/push", "node-l")
+            s.send_message(str(u.jid), "while awake")
+            await u.messages.take(lambda m: m["body"] == "while awake", 10)
+            u.send_raw("<inactive xmlns='urn:xmpp:csi:0'/>")
+            await u.iq_xml("<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>")  # fence
+            s.send_message(str(u.jid), "while asleep")
+            await u.messages.take(lambda m: m["body"] == "while asleep", 10)
+            _, fields, _ = notification(await p.publishes.take(None, 10))
+            assert fields["last-message-body"] == ["while asleep"], fields
+    run(scenario())
+
+
 def test_disable_stops_notifications(server, accounts):
     user, app, sender = accounts(server, "pud", "pudapp", "puds")
     service = f"{app}@localhost/push"

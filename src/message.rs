@@ -43,6 +43,9 @@ pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut Byt
     let bytes = st.rewrite(Some(ctx.jid.as_str()), None);
     if let Some(r) = target.resource() {
         if router.send_full(bare.as_str(), r.as_str(), Deliver::Bytes(bytes.clone())) {
+            if !matches!(kind, "error" | "headline") {
+                crate::push::on_live_message(ctx.server, ctx.jid, &bare, st);
+            }
             return crate::carbons::copy(ctx, st, kind, &bare, Delivered::Full(r.as_str()));
         }
         // §8.5.3.2.1: no such resource.
@@ -71,7 +74,9 @@ pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut Byt
             router.send_message_bare(bare.as_str(), &bytes);
         }
         _ => {
-            if router.send_message_bare(bare.as_str(), &bytes) == 0 {
+            if router.send_message_bare(bare.as_str(), &bytes) > 0 {
+                crate::push::on_live_message(ctx.server, ctx.jid, &bare, st);
+            } else {
                 // Boxed: the storage future is large and rarely needed; inlined, every
                 // session's future would reserve room for it.
                 Box::pin(crate::offline::store_or_bounce(ctx, st, &bare, out)).await;

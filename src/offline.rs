@@ -46,22 +46,9 @@ pub async fn store_or_bounce(ctx: &Ctx<'_>, st: &Stanza, to: &BareJid, out: &mut
         Err(e) => return bounce(out, st, ctx.jid, e.into()),
     }
     let Ok(mut el) = st.element() else { return };
-    let stamp = now_ms();
     el.put_attr("from", ctx.jid.as_str());
-    el.append_child(
-        Element::builder("delay", NS_DELAY)
-            .at("from", to.domain().as_str())
-            .at("stamp", xep82_datetime(stamp))
-            .append("Offline Storage")
-            .build(),
-    );
-    let text = String::from_utf8_lossy(&xml::to_bytes(&el)).into_owned();
-    let cap = crate::storage::OfflineCap {
-        messages: ctx.server.config.offline.max_messages,
-        bytes: ctx.server.config.offline.max_bytes,
-    };
-    match storage.offline().store(user, &text, stamp, cap).await {
-        Ok(true) => crate::push::on_offline_message(ctx.server, to, &el),
+    match store(ctx.server, to, &mut el).await {
+        Ok(true) => {}
         Ok(false) => bounce(
             out,
             st,
@@ -73,6 +60,49 @@ pub async fn store_or_bounce(ctx: &Ctx<'_>, st: &Stanza, to: &BareJid, out: &mut
         ),
         Err(e) => bounce(out, st, ctx.jid, e.into()),
     }
+}
+
+/// Store `el` (a message whose `from` is set) for `to`: stamped with a XEP-0203 delay unless
+/// this server already stamped it (a message that went through offline storage before), within
+/// the per-user caps, and announced to the user's XEP-0357 push services. Ok(false): the
+/// store is full. Used for messages to offline accounts and for what a session never got
+/// acknowledged (XEP-0198).
+pub async fn store(
+    server: &std::sync::Arc<crate::server::ServerState>,
+    to: &BareJid,
+    el: &mut Element,
+) -> Result<bool, crate::storage::StorageError> {
+    let Some(node) = to.node() else {
+        return Ok(false);
+    };
+    let domain = to.domain().as_str();
+    let stamp = now_ms();
+    let stamped = el
+        .children()
+        .any(|c| c.is("delay", NS_DELAY) && c.attr("from") == Some(domain));
+    if !stamped {
+        el.append_child(
+            Element::builder("delay", NS_DELAY)
+                .at("from", domain)
+                .at("stamp", xep82_datetime(stamp))
+                .append("Offline Storage")
+                .build(),
+        );
+    }
+    let text = String::from_utf8_lossy(&xml::to_bytes(el)).into_owned();
+    let cap = crate::storage::OfflineCap {
+        messages: server.config.offline.max_messages,
+        bytes: server.config.offline.max_bytes,
+    };
+    let stored = server
+        .storage
+        .offline()
+        .store((domain, node.as_str()), &text, stamp, cap)
+        .await?;
+    if stored {
+        crate::push::on_offline_message(server, to, el);
+    }
+    Ok(stored)
 }
 
 /// Flush stored messages into the session's output, oldest first.

@@ -391,6 +391,14 @@ impl Router {
             .is_some_and(|l| l.iter().any(|r| r.presence.is_some()))
     }
 
+    /// Whether the account has resources and none of them would show a message to its user
+    /// now: each is XEP-0352 inactive or XEP-0198 detached (XEP-0357 push wakes them).
+    pub fn all_asleep(&self, bare: &str) -> bool {
+        self.read()
+            .get(bare)
+            .is_some_and(|l| !l.is_empty() && l.iter().all(|r| r.handle.is_inactive_or_detached()))
+    }
+
     pub fn is_online(&self, bare: &str) -> bool {
         self.read().contains_key(bare)
     }

@@ -17,7 +17,7 @@ use crate::storage::PushRegistration;
 mod notify;
 mod pending;
 
-pub use notify::{notify, on_offline_message, summary_of, Summary};
+pub use notify::{notify, on_live_message, on_offline_message, summary_of, Summary};
 pub use pending::on_iq_response;
 
 pub const NS: &str = "urn:xmpp:push:0";

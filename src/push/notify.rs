@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::{NS, NS_DATA, NS_PUBSUB};
 use crate::router::Deliver;
 use crate::server::ServerState;
-use crate::stanza::{random_id, BuilderExt};
+use crate::stanza::{random_id, BuilderExt, ElementExt};
 use crate::storage::PushRegistration;
 use crate::xml::NS_CLIENT;
 
@@ -55,6 +55,28 @@ pub fn summary_of(message: &Element) -> Option<Summary> {
 /// The hook where a message went to offline storage for `to`.
 pub fn on_offline_message(server: &Arc<ServerState>, to: &BareJid, message: &Element) {
     if let Some(s) = summary_of(message) {
+        notify(server, to, s);
+    }
+}
+
+/// The hook where a message was delivered live to `to`: if every session of the account is
+/// inactive (XEP-0352) or waiting for resumption (XEP-0198), the user will not see it until
+/// woken, so the push services are told (Prosody's mod_cloud_notify does the same for
+/// hibernating sessions). One read lock when nobody sleeps; the stanza is parsed only then.
+pub fn on_live_message(
+    server: &Arc<ServerState>,
+    from: &jid::FullJid,
+    to: &BareJid,
+    message: &crate::xml::Stanza,
+) {
+    if !server.router.all_asleep(to.as_str()) {
+        return;
+    }
+    let Ok(mut el) = message.element() else {
+        return;
+    };
+    el.put_attr("from", from.as_str());
+    if let Some(s) = summary_of(&el) {
         notify(server, to, s);
     }
 }

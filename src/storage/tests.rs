@@ -918,7 +918,7 @@ async fn offline_byte_cap(s: &Storage, _t: &Target) {
 mod archive;
 #[path = "tests_blocking.rs"]
 mod blocking;
-#[path = "tests_vcard_private_push.rs"]
-mod vcard_private_push;
 /// XEP-0484 FAST token storage.
 mod fast;
+#[path = "tests_vcard_private_push.rs"]
+mod vcard_private_push;

@@ -99,7 +99,8 @@ pub(crate) fn new_sm(
     let max = attr("max")
         .and_then(|m| m.parse::<u64>().ok())
         .map_or(cfg.resume_timeout_secs, |m| m.min(cfg.resume_timeout_secs));
-    let resume = (wants_resume && max > 0).then(|| server.sm.register(bare.as_str(), mailbox.clone()));
+    let resume =
+        (wants_resume && max > 0).then(|| server.sm.register(bare.as_str(), mailbox.clone()));
     let enabled = match &resume {
         Some(r) => minidom::Element::builder("enabled", sm::NS)
             .at("id", r.id.as_str())
@@ -171,7 +172,12 @@ impl Session<'_> {
             return self.write_nonza(&failed("unexpected-request"));
         }
         let el = st.element().ok();
-        let (mut state, enabled) = new_sm(&self.conn.state, &self.bare, &self.handle.mailbox, el.as_ref());
+        let (mut state, enabled) = new_sm(
+            &self.conn.state,
+            &self.bare,
+            &self.handle.mailbox,
+            el.as_ref(),
+        );
         self.write_nonza(&String::from_utf8_lossy(&xml::to_bytes(&enabled)));
         state.counted = self.conn.out.len();
         self.sm = Some(state);
@@ -491,31 +497,7 @@ impl Session<'_> {
             st.name == "message" && (has_body(&el) || csi::classify(st.raw()) == Class::Important);
         match st.name.as_str() {
             "message" if matches!(kind, None | Some("normal" | "chat")) && matters => {
-                if el.get_child("delay", crate::offline::NS_DELAY).is_none() {
-                    let stamp = crate::stanza::now_ms();
-                    el.append_child(
-                        minidom::Element::builder("delay", crate::offline::NS_DELAY)
-                            .at("from", self.bare.domain().as_str())
-                            .at("stamp", crate::stanza::xep82_datetime(stamp))
-                            .append("Offline Storage")
-                            .build(),
-                    );
-                }
-                let text = String::from_utf8_lossy(&xml::to_bytes(&el)).into_owned();
-                let cap = crate::storage::OfflineCap {
-                    messages: state.config.offline.max_messages,
-                    bytes: state.config.offline.max_bytes,
-                };
-                let user = (
-                    self.bare.domain().as_str(),
-                    self.bare.node().map_or("", |n| n.as_str()),
-                );
-                match state
-                    .storage
-                    .offline()
-                    .store(user, &text, crate::stanza::now_ms(), cap)
-                    .await
-                {
+                match crate::offline::store(state, &self.bare, &mut el).await {
                     Ok(true) => return true,
                     Ok(false) => {}
                     Err(e) => {
