@@ -153,6 +153,32 @@ pub async fn private_set(
     Ok(())
 }
 
+/// The private XML storage hook (see `modules::private::claimant`): `<storage
+/// xmlns='storage:bookmarks'/>` reads and writes the PEP node instead of a private row.
+pub struct Compat;
+
+impl crate::modules::private::Claim for Compat {
+    fn get<'a>(
+        &'a self,
+        req: &'a crate::modules::IqRequest<'a>,
+        _requested: &'a Element,
+    ) -> crate::modules::IqFuture<'a> {
+        Box::pin(async move { private_get(req.server, req.to).await.map(Some) })
+    }
+
+    fn set<'a>(
+        &'a self,
+        req: &'a crate::modules::IqRequest<'a>,
+        element: &'a Element,
+    ) -> crate::modules::IqFuture<'a> {
+        Box::pin(async move {
+            let publisher = req.from.map(|f| f.to_string()).unwrap_or_default();
+            private_set(req.server, req.to, &publisher, element).await?;
+            Ok(None)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,31 +216,5 @@ mod tests {
             confs[0].get_child("password", NS_LEGACY).map(|n| n.text()),
             Some("pw".to_string())
         );
-    }
-}
-
-/// The private XML storage hook (see `modules::private::claimant`): `<storage
-/// xmlns='storage:bookmarks'/>` reads and writes the PEP node instead of a private row.
-pub struct Compat;
-
-impl crate::modules::private::Claim for Compat {
-    fn get<'a>(
-        &'a self,
-        req: &'a crate::modules::IqRequest<'a>,
-        _requested: &'a Element,
-    ) -> crate::modules::IqFuture<'a> {
-        Box::pin(async move { private_get(req.server, req.to).await.map(Some) })
-    }
-
-    fn set<'a>(
-        &'a self,
-        req: &'a crate::modules::IqRequest<'a>,
-        element: &'a Element,
-    ) -> crate::modules::IqFuture<'a> {
-        Box::pin(async move {
-            let publisher = req.from.map(|f| f.to_string()).unwrap_or_default();
-            private_set(req.server, req.to, &publisher, element).await?;
-            Ok(None)
-        })
     }
 }
