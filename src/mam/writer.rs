@@ -81,6 +81,10 @@ async fn run(
 ) {
     let mut rows: Vec<NewArchived> = Vec::new();
     let mut barriers = Vec::new();
+    // Stamps never decrease along rows: queries turn 'start'/'end' into row bounds
+    // (storage/archive.rs). Two sessions may stamp and queue in opposite orders; the later
+    // row then takes the earlier one's stamp (a few milliseconds at most).
+    let mut last_stamp = i64::MIN;
     while let Some(op) = rx.recv().await {
         let mut next = Some(op);
         while let Some(op) = next.take() {
@@ -93,6 +97,10 @@ async fn run(
             }
         }
         if !rows.is_empty() {
+            for r in &mut rows {
+                r.stamp_ms = r.stamp_ms.max(last_stamp);
+                last_stamp = r.stamp_ms;
+            }
             if let Err(e) = storage.archive().insert_batch(&rows).await {
                 tracing::error!(error = %e, rows = rows.len(), "archive write failed");
             }
