@@ -242,8 +242,16 @@ async fn run(pg_url: Option<&str>, label: &str) {
             !plan.contains("Seq Scan on archive") && !plan.contains("SCAN archive"),
             "{name}: full scan:\n{plan}"
         );
+        // No sort of the matching rows (PostgreSQL's incremental sort of equal stamps in the
+        // 'start' lookup stops at the first row, with LIMIT 1).
+        let full_sort = plan.lines().any(|l| {
+            l.trim_start()
+                .trim_start_matches("->")
+                .trim_start()
+                .starts_with("Sort ")
+        });
         assert!(
-            !plan.contains("TEMP B-TREE") && !plan.contains("Sort"),
+            !plan.contains("TEMP B-TREE") && !full_sort,
             "{name}: sorts:\n{plan}"
         );
     }
