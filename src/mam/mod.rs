@@ -205,11 +205,14 @@ async fn archive(ctx: &Ctx<'_>, st: &Stanza, archivable: bool, to: &Jid) -> Opti
         );
         rows.push(r);
     }
-    if rows.is_empty() {
-        return if stripped { reparse(st, &el) } else { None };
-    }
+    // Stamped when the recipient archives it; otherwise only a stripped id changes it.
+    let changed = stripped || rows.last().is_some_and(|r| r.owner == user(&recipient));
     server.archive.writer.write(rows).await;
-    reparse(st, &el)
+    if changed {
+        reparse(st, &el)
+    } else {
+        None
+    }
 }
 
 /// A routable [`Stanza`] from a modified element (its namespace declared on the top level).
