@@ -248,7 +248,7 @@ async fn run(pg_url: Option<&str>, label: &str) {
             l.trim_start()
                 .trim_start_matches("->")
                 .trim_start()
-                .starts_with("Sort ")
+                .starts_with("Sort  (")
         });
         assert!(
             !plan.contains("TEMP B-TREE") && !full_sort,
