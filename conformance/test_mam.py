@@ -448,3 +448,32 @@ def test_message_to_self_archived_once(server, accounts):
             _, _, res = await mam(a1, {"with": f"{a_name}@localhost"})
             assert [r[0] for r in res] == [sid]
     run(scenario())
+
+
+def test_archive_and_prefs_survive_restart(make_server, accounts):
+    """Messages queued for the archive are written before a clean exit; preferences are
+    loaded again at startup."""
+    srv = make_server()
+    a_name, b_name = accounts(srv, "mra", "mrb")
+
+    async def before():
+        async with online(srv, a_name, PASSWORD) as a, online(srv, b_name, PASSWORD) as b:
+            await available(b)
+            await send_and_receive(a, b, ["before restart"])
+            reply = await b.iq_xml(f"<iq type='set'><prefs xmlns='{NS_MAM}' default='never'>"
+                                   f"<always/><never/></prefs></iq>")
+            assert reply["type"] == "result"
+
+    async def after():
+        async with online(srv, a_name, PASSWORD) as a, online(srv, b_name, PASSWORD) as b:
+            await available(b)
+            (got,) = await send_and_receive(a, b, ["after restart"])
+            assert stanza_ids(got) == [], "b's 'never' preference was forgotten"
+            _, _, res = await mam(b)
+            assert bodies(res) == ["before restart"]
+            _, _, res = await mam(a)
+            assert bodies(res) == ["before restart", "after restart"]
+
+    run(before())
+    srv.restart()
+    run(after())

@@ -96,11 +96,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         );
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Before the listeners: once a port accepts, the server is ready (and has logged so).
+    let archive =
+        crate::mam::ArchiveState::start(&storage, &config.mam, shutdown_rx.clone()).await?;
     let backlog = config.limits.listen_backlog;
     let c2s = bind(&config.listen.c2s, backlog).await?;
     let c2s_tls = bind(&config.listen.c2s_direct_tls, backlog).await?;
-    let archive =
-        crate::mam::ArchiveState::start(&storage, &config.mam, shutdown_rx.clone()).await?;
     let state = Arc::new(ServerState {
         limits: config.xml_limits(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),

@@ -16,8 +16,8 @@ CREATE TABLE archive (
 CREATE INDEX archive_account_id ON archive (account_id, id);
 -- The 'with' filter, in archive order.
 CREATE INDEX archive_account_with ON archive (account_id, with_bare, id);
--- The 'start'/'end' filters.
-CREATE INDEX archive_account_stamp ON archive (account_id, stamp_ms);
+-- The 'start'/'end' filters (resolved to the first/last row in that time; see archive.rs).
+CREATE INDEX archive_account_stamp ON archive (account_id, stamp_ms, id);
 -- UID lookups (RSM after/before, before-id/after-id/ids); unique per archive.
 CREATE UNIQUE INDEX archive_account_stanza_id ON archive (account_id, stanza_id);
 -- Retention: the expiry task deletes the oldest rows of all archives.

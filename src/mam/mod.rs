@@ -205,11 +205,14 @@ async fn archive(ctx: &Ctx<'_>, st: &Stanza, archivable: bool, to: &Jid) -> Opti
         );
         rows.push(r);
     }
-    if rows.is_empty() {
-        return if stripped { reparse(st, &el) } else { None };
-    }
+    // Stamped when the recipient archives it; otherwise only a stripped id changes it.
+    let changed = stripped || rows.last().is_some_and(|r| r.owner == user(&recipient));
     server.archive.writer.write(rows).await;
-    reparse(st, &el)
+    if changed {
+        reparse(st, &el)
+    } else {
+        None
+    }
 }
 
 /// A routable [`Stanza`] from a modified element (its namespace declared on the top level).
@@ -221,5 +224,61 @@ fn reparse(st: &Stanza, el: &Element) -> Option<Stanza> {
             tracing::error!(error = %e, "archived message does not re-parse; routed unstamped");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(s: &str) -> Element {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn what_is_archived() {
+        let m = |inner: &str| el(&format!("<message xmlns='jabber:client'>{inner}</message>"));
+        assert!(worth_archiving(&m("<body>hi</body>")));
+        assert!(worth_archiving(&m(
+            "<encrypted xmlns='eu.siacs.conversations.axolotl'/>"
+        )));
+        assert!(worth_archiving(&m(
+            "<displayed xmlns='urn:xmpp:chat-markers:0' id='x'/>"
+        )));
+        assert!(worth_archiving(&m("<store xmlns='urn:xmpp:hints'/>")));
+        assert!(!worth_archiving(&m(
+            "<active xmlns='http://jabber.org/protocol/chatstates'/>"
+        )));
+        assert!(!worth_archiving(&m(
+            "<body>hi</body><no-store xmlns='urn:xmpp:hints'/>"
+        )));
+        assert!(!worth_archiving(&m(
+            "<body>hi</body><no-permanent-store xmlns='urn:xmpp:hints'/>"
+        )));
+    }
+
+    #[test]
+    fn strips_only_the_recipients_stanza_ids() {
+        let mut m = el("<message xmlns='jabber:client'><body>x</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='Bob@Example.org' id='forged'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.example.org' id='keep'/>\
+             </message>");
+        let bob = BareJid::new("bob@example.org").unwrap();
+        assert!(strip_spoofed(&mut m, &bob));
+        let ids: Vec<_> = m
+            .children()
+            .filter(|c| c.is("stanza-id", NS_SID))
+            .filter_map(|c| c.attr("id"))
+            .collect();
+        assert_eq!(ids, ["keep"]);
+        assert!(m.has_child("body", xml::NS_CLIENT));
+        assert!(!strip_spoofed(&mut m, &bob));
+    }
+
+    #[test]
+    fn uids_are_unique_and_opaque() {
+        let a = new_uid();
+        assert_eq!(a.len(), 22);
+        assert_ne!(a, new_uid());
     }
 }

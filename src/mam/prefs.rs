@@ -41,6 +41,11 @@ impl PrefsCache {
         map.get(&(user.0.to_string(), user.1.to_string())).cloned()
     }
 
+    fn remove(&self, user: (&str, &str)) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        map.remove(&(user.0.to_string(), user.1.to_string()));
+    }
+
     fn put(&self, user: (&str, &str), p: ArchivePrefs) {
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
         map.insert((user.0.to_string(), user.1.to_string()), Arc::new(p));
@@ -136,8 +141,15 @@ pub async fn handle(
 ) -> Result<Option<Element>, StanzaError> {
     let user = user_of(owner);
     if !set {
-        let p = server.archive.prefs.get(user);
-        return Ok(Some(to_element(p.as_deref().unwrap_or(&default_prefs()))));
+        // From the database, refreshing the cache: an account deleted and created again
+        // under the same name must not be shown (or keep applying) its predecessor's lists.
+        let p = server.storage.archive().prefs_get(user).await?;
+        let el = to_element(p.as_ref().unwrap_or(&default_prefs()));
+        match p {
+            Some(p) => server.archive.prefs.put(user, p),
+            None => server.archive.prefs.remove(user),
+        }
+        return Ok(Some(el));
     }
     let default = payload
         .attr("default")

@@ -153,11 +153,27 @@ fn where_clause(sql: &mut Sql, u: UserRef<'_>, f: &ArchiveFilter) {
             sql.push(" AND with_res = #", [Arg::S(r.clone())]);
         }
     }
+    // Time bounds become row bounds: stamps never decrease along rows (the writer keeps
+    // them so), so the first row at or after 'start' is one descent of the
+    // (account_id, stamp_ms, id) index, and the page is still a range scan in row order
+    // (filtering on stamp_ms directly would make the planner sort every matching row).
+    let user = || [Arg::S(u.0.to_string()), Arg::S(u.1.to_string())];
     if let Some(v) = f.start_ms {
-        sql.push(" AND stamp_ms >= #", [Arg::I(v)]);
+        sql.push(
+            " AND id >= COALESCE((SELECT s.id FROM archive s WHERE s.account_id =
+                 (SELECT id FROM accounts WHERE domain = # AND username = #)
+               AND s.stamp_ms >= # ORDER BY s.stamp_ms ASC, s.id ASC LIMIT 1),
+               9223372036854775807)",
+            user().into_iter().chain([Arg::I(v)]),
+        );
     }
     if let Some(v) = f.end_ms {
-        sql.push(" AND stamp_ms <= #", [Arg::I(v)]);
+        sql.push(
+            " AND id <= COALESCE((SELECT s.id FROM archive s WHERE s.account_id =
+                 (SELECT id FROM accounts WHERE domain = # AND username = #)
+               AND s.stamp_ms <= # ORDER BY s.stamp_ms DESC, s.id DESC LIMIT 1), -1)",
+            user().into_iter().chain([Arg::I(v)]),
+        );
     }
     if let Some(v) = f.after_row {
         sql.push(" AND id > #", [Arg::I(v)]);
