@@ -4,6 +4,7 @@
 //! sessions, `router` holds the session registry, `roster`/`presence`/`message`/`offline`
 //! implement RFC 6121, `modules` holds IQ handlers that declare their namespaces and disco
 //! features, `storage` persists per domain over SQLite or PostgreSQL.
+pub mod avatar;
 pub mod blocking;
 pub mod c2s;
 pub mod caps;

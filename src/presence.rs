@@ -37,6 +37,9 @@ pub async fn outbound(
             return; // XEP-0191: refused or dropped, the error (if any) is in `out`
         }
     }
+    // XEP-0398 §3.3: available presence carries the vCard avatar hash.
+    let stamped = crate::avatar::stamp(ctx, st).await;
+    let st = stamped.as_ref().unwrap_or(st);
     match st.type_.as_deref() {
         None | Some("unavailable") => match to {
             Some(to) => directed(ctx, ps, st, to),

@@ -39,6 +39,8 @@ pub struct ServerState {
     pub push: crate::push::PushState,
     /// XEP-0191 blocklists of online users (stanza routing without a database query).
     pub blocklists: crate::blocking::BlockCache,
+    /// XEP-0398 vCard photo hashes of online users (presence stamping without a query).
+    pub avatars: crate::avatar::PhotoCache,
     /// XEP-0313 archive writer and preferences.
     pub archive: crate::mam::ArchiveState,
     /// PEP (XEP-0163): the shared XEP-0115 caps cache and per-account write locks.
@@ -114,6 +116,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         contacts: Default::default(),
         push: Default::default(),
         blocklists: Default::default(),
+        avatars: Default::default(),
         archive,
         pep: Default::default(),
         iq_out: Default::default(),

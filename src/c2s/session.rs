@@ -304,6 +304,7 @@ impl Session<'_> {
             // The cache holds online users only; it is refilled on the next login.
             state.contacts.invalidate(ctx_user(&self.bare));
             state.blocklists.evict(&self.bare).await;
+            state.avatars.evict(self.bare.as_str());
         }
     }
 }

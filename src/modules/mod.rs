@@ -182,6 +182,7 @@ impl Modules {
         m.add(Arc::new(disco::ContactAddresses));
         m.add(Arc::new(disco::ServerCaps));
         m.add(Arc::new(vcard::VCardModule));
+        m.add(Arc::new(crate::avatar::AvatarConversion));
         m.add(Arc::new(private::PrivateStorage));
         m.add(Arc::new(extdisco::ExternalServices));
         m.add(Arc::new(crate::push::PushModule));

@@ -86,6 +86,7 @@ async fn set(req: &IqRequest<'_>, user: (&str, &str)) -> Result<Option<Element>,
         photo_hash: photo_hash(req.payload),
     };
     req.server.storage.vcard().set(user, &v).await?;
+    crate::avatar::photo_changed(req.server, user, v.photo_hash);
     Ok(None)
 }
 

@@ -219,6 +219,7 @@ async fn publish(
         node: name,
     };
     publish_item(req.server, &target, &options, &id, payload, &publisher).await?;
+    crate::avatar::on_publish(req.server, user, name, payload).await;
     Ok(Some(
         Element::builder("pubsub", NS)
             .append(
