@@ -61,6 +61,18 @@ def test_ping_server(server):
     run(scenario())
 
 
+def test_ping_without_to_and_to_bare_jid(server):
+    """Clients (Profanity's autoping) ping with no 'to'; an error would read as "ping not
+    supported" and turn their keepalive off."""
+    async def scenario():
+        async with online(server, "alice", PASSWORD) as s:
+            for to in ("", " to='alice@localhost'", " to='bob@localhost'"):
+                reply = await s.iq_xml(f"<iq type='get'{to}><ping xmlns='urn:xmpp:ping'/></iq>")
+                assert reply["type"] == "result", (to, reply)
+                assert len(reply.xml) == 0
+    run(scenario())
+
+
 def test_software_version(server):
     async def scenario():
         async with online(server, "alice", PASSWORD) as s:
