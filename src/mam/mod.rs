@@ -150,69 +150,104 @@ pub async fn on_message(ctx: &Ctx<'_>, st: &Stanza, kind: &str, to: &Jid) -> Opt
         return None;
     }
     // Boxed: rarely large, but kept out of every session's future.
-    Box::pin(archive(ctx, st, archivable, to)).await
+    if has_sid {
+        Box::pin(archive_tree(ctx, st, archivable, to)).await
+    } else {
+        Box::pin(archive_bytes(ctx, st, to)).await
+    }
 }
 
-async fn archive(ctx: &Ctx<'_>, st: &Stanza, archivable: bool, to: &Jid) -> Option<Stanza> {
+/// The common case, a message without any `<stanza-id/>` (so nothing to strip): the archive
+/// text is the received bytes with their start tag rewritten, and the stamp is spliced in
+/// before the end tag, instead of serializing a tree twice and parsing the result again.
+/// The tree is only read, to decide whether the message is archived at all.
+async fn archive_bytes(ctx: &Ctx<'_>, st: &Stanza, to: &Jid) -> Option<Stanza> {
+    let el = st.element().ok()?;
+    if !worth_archiving(&el) {
+        return None;
+    }
+    let text = st.standalone(Some(ctx.jid.as_str()));
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let uid = queue_rows(ctx, to, &el, text).await?;
+    let stamp = format!(
+        "<stanza-id xmlns='{NS_SID}' by='{}' id='{}'/>",
+        xml::escape(to.to_bare().as_str()),
+        xml::escape(&uid)
+    );
+    st.with_child(&stamp).or_else(|| {
+        tracing::error!("archived message has no end tag; routed unstamped");
+        None
+    })
+}
+
+/// Messages carrying a `<stanza-id/>`: spoofed ones are removed from the tree, which is then
+/// serialized (rare: only clients that forward or replay stanzas send these).
+async fn archive_tree(ctx: &Ctx<'_>, st: &Stanza, archivable: bool, to: &Jid) -> Option<Stanza> {
     let mut el = st.element().ok()?;
-    let recipient = to.to_bare();
-    let stripped = strip_spoofed(&mut el, &recipient);
+    let stripped = strip_spoofed(&mut el, &to.to_bare());
     if !(archivable && worth_archiving(&el)) {
         return if stripped { reparse(st, &el) } else { None };
     }
     el.put_attr("from", ctx.jid.as_str());
-    let server = ctx.server;
-    let stamp_ms = crate::stanza::now_ms();
     let text = String::from_utf8_lossy(&xml::to_bytes(&el)).into_owned();
+    match queue_rows(ctx, to, &el, text).await {
+        Some(uid) => {
+            el.append_child(
+                Element::builder("stanza-id", NS_SID)
+                    .at("by", to.to_bare().as_str())
+                    .at("id", uid)
+                    .build(),
+            );
+            reparse(st, &el)
+        }
+        None if stripped => reparse(st, &el),
+        None => None,
+    }
+}
+
+/// Queue the archive rows of a message worth archiving (`el`, its archive `text`) for the
+/// sender and the recipient as their preferences say. Returns the UID of the recipient's
+/// row (its `<stanza-id/>`) when the recipient archives it.
+async fn queue_rows(ctx: &Ctx<'_>, to: &Jid, el: &Element, text: String) -> Option<String> {
+    let server = ctx.server;
+    let recipient = to.to_bare();
+    let stamp_ms = crate::stanza::now_ms();
     let origin_id = el
         .get_child("origin-id", NS_SID)
         .and_then(|o| o.attr("id"))
         .map(str::to_string);
-    let to_res = to
-        .resource()
-        .map(|r| r.as_str().to_string())
-        .unwrap_or_default();
-    let from_res = ctx.jid.resource().as_str().to_string();
+    let to_res = to.resource().map(|r| r.as_str()).unwrap_or_default();
+    let from_res = ctx.jid.resource().as_str();
     let user = |j: &BareJid| {
         (
             j.domain().to_string(),
             j.node().map(|n| n.to_string()).unwrap_or_default(),
         )
     };
-    let row = |owner: &BareJid, with: &BareJid, res: String, outgoing: bool| NewArchived {
+    let row = |owner: &BareJid, with: &BareJid, res: &str, outgoing: bool| NewArchived {
         owner: user(owner),
         stanza_id: new_uid(),
         stamp_ms,
         with_bare: with.to_string(),
-        with_res: res,
+        with_res: res.to_string(),
         origin_id: origin_id.clone(),
         outgoing,
         stanza: text.clone(),
     };
     let mut rows = Vec::with_capacity(2);
     let to_self = recipient == *ctx.bare;
-    if !to_self && prefs::wants(server, ctx.bare, &recipient, &to_res).await {
+    if !to_self && prefs::wants(server, ctx.bare, &recipient, to_res).await {
         rows.push(row(ctx.bare, &recipient, to_res, true));
     }
     // A message to oneself is stored once, as the recipient's copy.
-    if prefs::wants(server, &recipient, ctx.bare, &from_res).await {
+    let mut uid = None;
+    if prefs::wants(server, &recipient, ctx.bare, from_res).await {
         let r = row(&recipient, ctx.bare, from_res, to_self);
-        el.append_child(
-            Element::builder("stanza-id", NS_SID)
-                .at("by", recipient.as_str())
-                .at("id", r.stanza_id.as_str())
-                .build(),
-        );
+        uid = Some(r.stanza_id.clone());
         rows.push(r);
     }
-    // Stamped when the recipient archives it; otherwise only a stripped id changes it.
-    let changed = stripped || rows.last().is_some_and(|r| r.owner == user(&recipient));
     server.archive.writer.write(rows).await;
-    if changed {
-        reparse(st, &el)
-    } else {
-        None
-    }
+    uid
 }
 
 /// A routable [`Stanza`] from a modified element (its namespace declared on the top level).

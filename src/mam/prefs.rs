@@ -21,34 +21,40 @@ use crate::storage::{ArchivePrefs, PrefsDefault, Storage, StorageError};
 /// Most JIDs accepted in one `<always/>` or `<never/>` list.
 pub const MAX_PREFS_JIDS: usize = 1000;
 
+/// Preferences by domain, then username: looked up with borrowed strings, so the message
+/// path allocates nothing for the (usual) user without a row.
 #[derive(Default)]
-pub struct PrefsCache(RwLock<HashMap<(String, String), Arc<ArchivePrefs>>>);
+pub struct PrefsCache(RwLock<HashMap<String, HashMap<String, Arc<ArchivePrefs>>>>);
 
 impl PrefsCache {
     pub async fn load(storage: &Storage) -> Result<PrefsCache, StorageError> {
-        let map = storage
-            .archive()
-            .prefs_all()
-            .await?
-            .into_iter()
-            .map(|(k, p)| (k, Arc::new(p)))
-            .collect();
-        Ok(PrefsCache(RwLock::new(map)))
+        let cache = PrefsCache::default();
+        for ((domain, user), p) in storage.archive().prefs_all().await? {
+            cache.put((&domain, &user), p);
+        }
+        Ok(cache)
     }
 
     fn get(&self, user: (&str, &str)) -> Option<Arc<ArchivePrefs>> {
         let map = self.0.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&(user.0.to_string(), user.1.to_string())).cloned()
+        map.get(user.0)?.get(user.1).cloned()
     }
 
     fn remove(&self, user: (&str, &str)) {
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        map.remove(&(user.0.to_string(), user.1.to_string()));
+        if let Some(users) = map.get_mut(user.0) {
+            users.remove(user.1);
+            if users.is_empty() {
+                map.remove(user.0);
+            }
+        }
     }
 
     fn put(&self, user: (&str, &str), p: ArchivePrefs) {
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        map.insert((user.0.to_string(), user.1.to_string()), Arc::new(p));
+        map.entry(user.0.to_string())
+            .or_default()
+            .insert(user.1.to_string(), Arc::new(p));
     }
 }
 

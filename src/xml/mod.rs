@@ -153,11 +153,55 @@ impl Stanza {
         if from.is_none() && to.is_none() && self.inherited.is_empty() {
             return self.raw.clone();
         }
-        match validate::rewrite(&self.raw, &self.ctx, &self.inherited, from, to) {
+        match validate::rewrite(&self.raw, &self.ctx, &self.inherited, from, to, None) {
             Some(v) => Bytes::from(v),
             // Unreachable for validated input; never emit something half-rewritten.
             None => self.raw.clone(),
         }
+    }
+
+    /// Like [`Stanza::rewrite`] with only `from` replaced, and also declaring the stream's
+    /// default namespace on the top-level element (unless it declares one): the result means
+    /// the same wherever it is embedded, e.g. stored and later replayed inside another
+    /// element (XEP-0313 results), without building and serializing a tree.
+    pub fn standalone(&self, from: Option<&str>) -> Bytes {
+        let ns = self.ctx.default_ns.as_deref().unwrap_or("");
+        match validate::rewrite(&self.raw, &self.ctx, &self.inherited, from, None, Some(ns)) {
+            Some(v) => Bytes::from(v),
+            // Unreachable for validated input; the tree path is exact, if slower.
+            None => self
+                .element()
+                .map(|mut el| {
+                    if let Some(f) = from {
+                        crate::stanza::ElementExt::put_attr(&mut el, "from", f);
+                    }
+                    to_bytes(&el)
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A copy with `child` appended as the last child of the top-level element, spliced in
+    /// before the end tag instead of parsing and serializing a tree. `child` must be one
+    /// complete element that declares its own namespace (`<x xmlns='...' .../>`, values
+    /// escaped with [`escape`]): then the copy is as valid as this stanza, and its top-level
+    /// attributes and namespace context are unchanged. None for a self-closing element.
+    pub fn with_child(&self, child: &str) -> Option<Stanza> {
+        let raw = &self.raw;
+        // The end tag is the last markup: '<' cannot appear in it, nor unescaped in text or
+        // attribute values before it.
+        let end = memchr::memrchr(b'<', raw)?;
+        if raw.last() != Some(&b'>') || raw.get(end + 1) != Some(&b'/') {
+            return None;
+        }
+        let mut v = Vec::with_capacity(raw.len() + child.len());
+        v.extend_from_slice(&raw[..end]);
+        v.extend_from_slice(child.as_bytes());
+        v.extend_from_slice(&raw[end..]);
+        Some(Stanza {
+            raw: Bytes::from(v),
+            ..self.clone()
+        })
     }
 }
 

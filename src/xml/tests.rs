@@ -597,6 +597,69 @@ fn rewrite_declares_stream_level_prefixes() {
 }
 
 #[test]
+fn standalone_declares_the_default_namespace_and_prefixes() {
+    let hdr =
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+        xmlns:x='urn:x'>";
+    let s = stanza(hdr, "<message to='a@b'><body>hi</body><x:y/></message>").unwrap();
+    let out = s.standalone(Some("c@d/r"));
+    assert_eq!(
+        &out[..],
+        b"<message to='a@b' from='c@d/r' xmlns:x='urn:x' xmlns='jabber:client'>\
+          <body>hi</body><x:y/></message>"
+    );
+    // It means the same inside an element of another default namespace.
+    let wrapped = format!(
+        "<w xmlns='urn:w'>{}</w>",
+        std::str::from_utf8(&out).unwrap()
+    );
+    let w: minidom::Element = wrapped.parse().unwrap();
+    let m = w.get_child("message", NS_CLIENT).unwrap();
+    let mut expected = s.element().unwrap();
+    crate::stanza::ElementExt::put_attr(&mut expected, "from", "c@d/r");
+    assert_eq!(m, &expected);
+    // A declared default namespace is kept as it is.
+    let s = stanza(hdr, "<message xmlns='jabber:client'><body/></message>").unwrap();
+    assert_eq!(&s.standalone(None)[..], s.raw().as_ref());
+}
+
+#[test]
+fn with_child_splices_before_the_end_tag() {
+    let hdr =
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+        xmlns:x='urn:x'>";
+    let s = stanza(hdr, "<message to='a@b' type='chat'><x:y>t</x:y></message >").unwrap();
+    let c = s
+        .with_child("<stanza-id xmlns='urn:xmpp:sid:0' by='a@b' id='1'/>")
+        .unwrap();
+    assert_eq!(
+        &c.raw()[..],
+        b"<message to='a@b' type='chat'><x:y>t</x:y>\
+          <stanza-id xmlns='urn:xmpp:sid:0' by='a@b' id='1'/></message >"
+    );
+    assert_eq!(
+        (c.to.as_deref(), c.type_.as_deref()),
+        (Some("a@b"), Some("chat"))
+    );
+    // As valid as a stanza parsed from those bytes, and its prefixes still declared on rewrite.
+    let again = Stanza::parse(c.raw().clone(), s.ns_context().clone()).unwrap();
+    assert_eq!(again.element().unwrap(), c.element().unwrap());
+    let el = c.element().unwrap();
+    assert_eq!(
+        el.get_child("stanza-id", "urn:xmpp:sid:0")
+            .unwrap()
+            .attr("id"),
+        Some("1")
+    );
+    assert!(c
+        .rewrite(None, None)
+        .starts_with(b"<message to='a@b' type='chat' xmlns:x='urn:x'>"));
+    // Nothing to splice into a self-closing element.
+    let empty = stanza(hdr, "<message to='a@b'/>").unwrap();
+    assert!(empty.with_child("<z xmlns='urn:z'/>").is_none());
+}
+
+#[test]
 fn reset_then_new_header() {
     let mut p = StreamParser::new(Limits::default());
     p.feed(HEADER.as_bytes());

@@ -561,13 +561,15 @@ fn split_start_tag(raw: &[u8]) -> Option<(&[u8], Vec<RawAttr<'_>>, bool, usize)>
 }
 
 /// Re-emits the top-level start tag with `from`/`to` replaced or added and the inherited
-/// stream-level prefix declarations made explicit; the rest is copied unchanged.
+/// stream-level prefix declarations made explicit (and, with `default_ns`, the default
+/// namespace declared unless the tag declares one); the rest is copied unchanged.
 pub(crate) fn rewrite(
     raw: &[u8],
     ctx: &NsContext,
     inherited: &[usize],
     from: Option<&str>,
     to: Option<&str>,
+    default_ns: Option<&str>,
 ) -> Option<Vec<u8>> {
     let (name, attrs, empty, len) = split_start_tag(raw)?;
     let rest = raw.get(len..)?;
@@ -614,6 +616,11 @@ pub(crate) fn rewrite(
             if !attrs.iter().any(|a| a.name == key.as_bytes()) {
                 put(&mut out, &key, ns);
             }
+        }
+    }
+    if let Some(ns) = default_ns {
+        if !attrs.iter().any(|a| a.name == b"xmlns") {
+            put(&mut out, "xmlns", ns);
         }
     }
     out.extend_from_slice(if empty { b"/>" } else { b">" });

@@ -169,3 +169,46 @@ async fn archive_prefs_roundtrip(s: &Storage, _t: &Target) {
         Err(StorageError::NoAccount)
     ));
 }
+
+both!(archive_batches_keep_their_order_across_statements);
+async fn archive_batches_keep_their_order_across_statements(s: &Storage, _t: &Target) {
+    let a = s.archive();
+    s.accounts().create(("d", "u"), &[]).await.unwrap();
+    s.accounts().create(("d", "v"), &[]).await.unwrap();
+    // Several INSERT statements' worth, the owners interleaved, one without an account.
+    let owners = ["v", "nobody", "u"];
+    let batch: Vec<NewArchived> = (0..300)
+        .map(|n| NewArchived {
+            origin_id: None,
+            ..msg(owners[n as usize % 3], n, "x@d", "")
+        })
+        .collect();
+    assert_eq!(a.insert_batch(&batch).await.unwrap(), 200);
+    for owner in ["u", "v"] {
+        let page = a
+            .page(
+                ("d", owner),
+                &ArchiveFilter::default(),
+                Direction::Forward,
+                1000,
+            )
+            .await
+            .unwrap();
+        let expected: Vec<String> = batch
+            .iter()
+            .filter(|m| m.owner.1 == owner)
+            .map(|m| m.stanza_id.clone())
+            .collect();
+        assert_eq!(ids(&page), expected);
+        assert!(page.windows(2).all(|w| w[0].row < w[1].row));
+        let stored = &page[1];
+        let sent = batch
+            .iter()
+            .find(|m| m.stanza_id == stored.stanza_id)
+            .unwrap();
+        assert_eq!(
+            (stored.stamp_ms, &stored.stanza),
+            (sent.stamp_ms, &sent.stanza)
+        );
+    }
+}
