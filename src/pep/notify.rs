@@ -43,8 +43,33 @@ pub fn item_element_ns(item: &PepItem, ns: &str) -> Option<Element> {
     )
 }
 
-fn event_message(from: &str, to: &str, child: &Element) -> Bytes {
-    xml::to_bytes(&event_element(from, to, child))
+/// `<event><child/></event>`, serialized once per notification: every recipient's copy is
+/// this payload in its own `<message/>` envelope (only 'to' and 'id' differ), so a publish
+/// to N resources costs one serialization and N small envelopes (see [`event_message`]).
+fn event_body(child: &Element) -> Bytes {
+    xml::to_bytes(
+        &Element::builder("event", NS_EVENT)
+            .append(child.clone())
+            .build(),
+    )
+}
+
+/// A headline `<message/>` carrying an already serialized `<event/>` (the stream's default
+/// namespace is jabber:client, as for every stanza a session writes).
+fn event_message(from: &str, to: &str, body: &Bytes) -> Bytes {
+    use bytes::BufMut;
+    let id = random_id();
+    let mut b = bytes::BytesMut::with_capacity(body.len() + from.len() + to.len() + id.len() + 64);
+    b.put_slice(b"<message from='");
+    b.put_slice(xml::escape(from).as_bytes());
+    b.put_slice(b"' to='");
+    b.put_slice(xml::escape(to).as_bytes());
+    b.put_slice(b"' type='headline' id='");
+    b.put_slice(xml::escape(&id).as_bytes());
+    b.put_slice(b"'>");
+    b.put_slice(body);
+    b.put_slice(b"</message>");
+    b.freeze()
 }
 
 fn event_element(from: &str, to: &str, child: &Element) -> Element {
@@ -74,8 +99,10 @@ fn delayed_event_message(from: &str, to: &str, child: &Element, stamp_ms: i64) -
     xml::to_bytes(&msg)
 }
 
-fn interested(f: Option<&Arc<Features>>, node: &str) -> bool {
-    f.is_some_and(|f| f.contains(&format!("{node}+notify")))
+/// `notify` is the node's `<node>+notify` feature (built once per notification, not per
+/// recipient).
+fn interested(f: Option<&Arc<Features>>, notify: &str) -> bool {
+    f.is_some_and(|f| f.contains(notify))
 }
 
 /// Send `child` (an `<items/>` or `<delete/>` of the event namespace) to every resource
@@ -98,23 +125,25 @@ pub async fn broadcast(server: &ServerState, owner: &BareJid, node: &PepNode, ch
             Err(e) => tracing::error!(error = %e, "roster load failed for PEP notification"),
         }
     }
+    let body = event_body(&child);
+    let notify = format!("{}+notify", node.name);
     let mut sent: HashSet<String> = HashSet::new();
     for bare in targets {
         for r in server.router.resources(bare.as_str()) {
             let Some(p) = &r.presence else { continue };
-            if !interested(caps::features(server, p).as_ref(), &node.name) {
+            if !interested(caps::features(server, p).as_ref(), &notify) {
                 continue;
             }
             let to = format!("{}/{}", bare.as_str(), r.resource);
             r.handle
-                .send(Deliver::Bytes(event_message(owner.as_str(), &to, &child)));
+                .send(Deliver::Bytes(event_message(owner.as_str(), &to, &body)));
             sent.insert(to);
         }
     }
     // Explicit subscribers (XEP-0060 §6.1) of open nodes: those of the other models are
     // exactly the owner and the contacts, notified above.
     if node.config.access_model == AccessModel::Open {
-        explicit(server, owner, node, &child, &sent).await;
+        explicit(server, owner, node, &body, &sent).await;
     }
 }
 
@@ -122,7 +151,7 @@ async fn explicit(
     server: &ServerState,
     owner: &BareJid,
     node: &PepNode,
-    child: &Element,
+    body: &Bytes,
     sent: &HashSet<String>,
 ) {
     let subs = match server.storage.pubsub().subscribers(node.id).await {
@@ -145,7 +174,7 @@ async fn explicit(
             let to = format!("{}/{}", bare.as_str(), r.resource);
             if wanted && !sent.contains(&to) {
                 r.handle
-                    .send(Deliver::Bytes(event_message(owner.as_str(), &to, child)));
+                    .send(Deliver::Bytes(event_message(owner.as_str(), &to, body)));
             }
         }
     }
