@@ -53,6 +53,8 @@ data_dir = "$WORK/data"
 [listen]
 c2s = "127.0.0.1:$PORT"
 c2s_direct_tls = ""
+http = ""
+https = ""
 
 [c2s]
 require_tls = false

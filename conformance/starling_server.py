@@ -150,7 +150,7 @@ class StarlingServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "starling.toml"
         self.log_path = self.workdir / "starling.log"
-        self.c2s_port, tls_port = free_ports(2)
+        self.c2s_port, tls_port, self.http_port, self.https_port = free_ports(4)
         self.direct_tls_port = tls_port if self.options.direct_tls else None
         self.database = make_database(self.workdir)
         self.process: subprocess.Popen | None = None
@@ -172,6 +172,9 @@ class StarlingServer:
                 "c2s": f"127.0.0.1:{self.c2s_port}",
                 "c2s_direct_tls": (f"127.0.0.1:{self.direct_tls_port}"
                                    if self.direct_tls_port else ""),
+                # The HTTP module (upload, WebSocket, BOSH) on its own free ports.
+                "http": f"127.0.0.1:{self.http_port}",
+                "https": f"127.0.0.1:{self.https_port}",
             },
             "database": {"url": self.database.url},
             "registration": {"open": opts.registration_open},
@@ -215,7 +218,8 @@ class StarlingServer:
             stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=self._log_file,
             cwd=self.workdir, env=self._env(), start_new_session=True,
         )
-        ports = [self.c2s_port] + ([self.direct_tls_port] if self.direct_tls_port else [])
+        ports = ([self.c2s_port, self.http_port, self.https_port]
+                 + ([self.direct_tls_port] if self.direct_tls_port else []))
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -51,6 +51,17 @@ pub struct Config {
     pub private_storage: PrivateStorage,
     pub extdisco: ExtDisco,
     pub push: Push,
+    pub http: Http,
+}
+
+/// The HTTP module as a whole (the listeners are `listen.http` / `listen.https`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// The base URL clients reach the HTTP module at, when it differs from the listener
+    /// (a reverse proxy on port 443): e.g. "https://chat.example.org". Empty: derived from
+    /// `listen.https` (else `listen.http`) and the first domain.
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +71,10 @@ pub struct Listen {
     pub c2s: String,
     /// Client-to-server with direct TLS (XEP-0368). Empty disables.
     pub c2s_direct_tls: String,
+    /// The HTTP module over plain HTTP (upload, WebSocket, BOSH, host-meta). Empty disables.
+    pub http: String,
+    /// The HTTP module over HTTPS with the server's certificate. Empty disables.
+    pub https: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -260,6 +275,7 @@ impl Default for Config {
             private_storage: PrivateStorage::default(),
             extdisco: ExtDisco::default(),
             push: Push::default(),
+            http: Http::default(),
         }
     }
 }
@@ -394,6 +410,8 @@ impl Default for Listen {
         Listen {
             c2s: "127.0.0.1:5222".into(),
             c2s_direct_tls: "127.0.0.1:5223".into(),
+            http: "127.0.0.1:5280".into(),
+            https: "127.0.0.1:5281".into(),
         }
     }
 }
@@ -558,6 +576,8 @@ impl Config {
         for (key, value) in [
             ("listen.c2s", &self.listen.c2s),
             ("listen.c2s_direct_tls", &self.listen.c2s_direct_tls),
+            ("listen.http", &self.listen.http),
+            ("listen.https", &self.listen.https),
         ] {
             if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
                 return bad(format!("{key}: {value:?} is not an address:port"));

@@ -323,6 +323,8 @@ async fn check_config(config: &Config) -> Result<()> {
     );
     println!("c2s:          {}", or_off(&config.listen.c2s));
     println!("c2s (TLS):    {}", or_off(&config.listen.c2s_direct_tls));
+    println!("http:         {}", or_off(&config.listen.http));
+    println!("https:        {}", or_off(&config.listen.https));
     println!("require_tls:  {}", config.c2s.require_tls);
     println!(
         "registration: {}",

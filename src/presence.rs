@@ -42,7 +42,7 @@ pub async fn outbound(
     let st = stamped.as_ref().unwrap_or(st);
     match st.type_.as_deref() {
         None | Some("unavailable") => match to {
-            Some(to) => directed(ctx, ps, st, to),
+            Some(to) => directed(ctx, ps, st, to).await,
             None => broadcast(ctx, ps, st, out).await,
         },
         Some(t @ ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
@@ -58,15 +58,19 @@ pub async fn outbound(
         Some("probe") => {}
         Some("error") => {
             if let Some(to) = to {
-                route(ctx, &to, st.rewrite(Some(ctx.jid.as_str()), None));
+                route(ctx, &to, st, st.rewrite(Some(ctx.jid.as_str()), None)).await;
             }
         }
         Some(_) => bounce(out, st, ctx.jid, StanzaError::new(Condition::BadRequest)),
     }
 }
 
-/// Deliver presence to a local address (bare: all available resources; full: that one).
-fn route(ctx: &Ctx<'_>, to: &Jid, bytes: Bytes) {
+/// Deliver presence to a local address (bare: all available resources; full: that one), or
+/// hand it to the hosted service (a MUC room) that owns the address.
+async fn route(ctx: &Ctx<'_>, to: &Jid, st: &Stanza, bytes: Bytes) {
+    if crate::services::dispatch(ctx.server, ctx.jid, to, st).await {
+        return;
+    }
     if !ctx.server.serves(to.domain().as_str()) || to.node().is_none() {
         return; // remote: no server-to-server yet; to a domain: nothing to do
     }
@@ -85,9 +89,9 @@ fn route(ctx: &Ctx<'_>, to: &Jid, bytes: Bytes) {
     }
 }
 
-fn directed(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, to: Jid) {
+async fn directed(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, to: Jid) {
     let bytes = st.rewrite(Some(ctx.jid.as_str()), None);
-    route(ctx, &to, bytes);
+    route(ctx, &to, st, bytes).await;
     if st.type_.is_none() {
         if ps.directed.len() < ctx.server.config.limits.max_directed_presences {
             ps.directed.insert(to.as_str().to_string());
@@ -185,7 +189,7 @@ async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut
     if !available {
         for to in std::mem::take(&mut ps.directed) {
             if let Ok(j) = Jid::new(&to) {
-                route(ctx, &j, st.rewrite(Some(ctx.jid.as_str()), Some(&to)));
+                route(ctx, &j, st, st.rewrite(Some(ctx.jid.as_str()), Some(&to))).await;
             }
         }
         ps.last_status = st

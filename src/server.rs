@@ -51,6 +51,11 @@ pub struct ServerState {
     pub sm: crate::c2s::sm::Registry,
     /// XEP-0484 FAST: the key sealing tokens at rest (loaded on first use).
     pub fast_keys: crate::c2s::fast::TokenKeys,
+    /// Services on their own domains (group chat, upload), by domain.
+    pub services: crate::services::Services,
+    /// The base URL of the HTTP module as clients see it (`http.public_url`, or derived
+    /// from the listeners), without a trailing slash.
+    pub http_base: String,
 }
 
 impl ServerState {
@@ -76,6 +81,8 @@ pub struct RunningServer {
     pub state: Arc<ServerState>,
     pub c2s_addr: Option<SocketAddr>,
     pub c2s_direct_tls_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -104,6 +111,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let backlog = config.limits.listen_backlog;
     let c2s = bind(&config.listen.c2s, backlog).await?;
     let c2s_tls = bind(&config.listen.c2s_direct_tls, backlog).await?;
+    let http = bind(&config.listen.http, backlog).await?;
+    let https = bind(&config.listen.https, backlog).await?;
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let https_addr = https.as_ref().and_then(|l| l.local_addr().ok());
+    let http_base = crate::http::public_url(&config, https_addr, http_addr);
+    let services = crate::services::Services::standard(&config, &domains);
     let state = Arc::new(ServerState {
         limits: config.xml_limits(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -127,18 +140,28 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         router: Router::new(),
         tls,
         modules: Modules::standard(),
+        services,
+        http_base,
         started: Instant::now(),
         shutdown: shutdown_rx,
         config,
     });
+    for svc in state.services.all() {
+        svc.started(&state);
+    }
     let mut tasks = JoinSet::new();
     let c2s_addr = spawn_listener(&mut tasks, &state, c2s, false, "c2s");
     let c2s_direct_tls_addr = spawn_listener(&mut tasks, &state, c2s_tls, true, "c2s_direct_tls");
+    let app = crate::http::router(&state);
+    let http_addr = spawn_http(&mut tasks, &state, http, false, &app);
+    let https_addr = spawn_http(&mut tasks, &state, https, true, &app);
     tracing::info!(domains = ?state.domains, backend = state.storage.backend_name(), "Starling started");
     Ok(RunningServer {
         state,
         c2s_addr,
         c2s_direct_tls_addr,
+        http_addr,
+        https_addr,
         shutdown_tx,
         tasks,
     })
@@ -178,6 +201,28 @@ fn spawn_listener(
         tracing::info!("listening for {what} on {a}");
     }
     tasks.spawn(crate::c2s::accept_loop(state.clone(), listener, direct_tls));
+    addr
+}
+
+fn spawn_http(
+    tasks: &mut JoinSet<()>,
+    state: &Arc<ServerState>,
+    listener: Option<TcpListener>,
+    tls: bool,
+    app: &axum::Router,
+) -> Option<SocketAddr> {
+    let listener = listener?;
+    let addr = listener.local_addr().ok();
+    if let Some(a) = addr {
+        let what = if tls { "https" } else { "http" };
+        tracing::info!("listening for {what} on {a}");
+    }
+    tasks.spawn(crate::http::accept_loop(
+        state.clone(),
+        listener,
+        tls,
+        app.clone(),
+    ));
     addr
 }
 

@@ -17,13 +17,14 @@ use crate::xml::{self, Event, StreamParser, XmlError, NS_STREAM};
 
 pub mod csi;
 pub mod fast;
+pub mod framing;
 mod negotiate;
 mod sasl2;
 pub mod session;
 pub mod sm;
 mod transport;
 
-pub use transport::Transport;
+pub use transport::{Transport, VirtualIo};
 
 /// Bytes taken from the socket per read. The buffer lives on the stack of a synchronous
 /// function (never in a session's future), so an idle session holds no read buffer at all:
@@ -91,6 +92,31 @@ async fn run_connection(
         Err(end) => end,
     };
     Box::pin(conn.finish(end)).await;
+}
+
+/// Run a client stream over a virtual transport (see [`VirtualIo`]): the HTTP module's
+/// WebSocket and BOSH adapters translate their framing into plain XMPP stream bytes written
+/// into `pipe`, and read the server's stream back from it. Negotiation and the session are
+/// exactly the TCP ones. Holds a connection permit like a TCP connection; returns when the
+/// stream ends (the adapter sees end of file on its end of the pipe).
+pub async fn run_virtual(
+    state: Arc<ServerState>,
+    pipe: tokio::io::DuplexStream,
+    peer: SocketAddr,
+    secure: bool,
+) {
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "connection limit reached; refusing");
+        return;
+    };
+    let io = Transport::Virtual(Box::new(VirtualIo::new(pipe, secure)));
+    let mut conn = Conn::new(state, io, peer);
+    let end = match Box::pin(negotiate::negotiate(&mut conn)).await {
+        Ok(bound) => Box::pin(session::run(&mut conn, bound)).await,
+        Err(end) => end,
+    };
+    Box::pin(conn.finish(end)).await;
+    drop(permit);
 }
 
 /// Why a stream ends.

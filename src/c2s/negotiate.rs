@@ -103,7 +103,7 @@ async fn negotiate_inner(conn: &mut Conn) -> Result<Bound, End> {
                 }
             };
             match (st.ns.as_str(), st.name.as_str(), &user) {
-                (NS_TLS, "starttls", None) if !conn.secure() => {
+                (NS_TLS, "starttls", None) if conn.io.can_starttls() => {
                     starttls(conn).await?;
                     break;
                 }
@@ -212,7 +212,7 @@ fn features(conn: &Conn, authenticated: bool) -> Vec<Element> {
                 .build(),
         );
     } else {
-        if !conn.secure() {
+        if conn.io.can_starttls() {
             let mut st = Element::builder("starttls", NS_TLS);
             if tls_required {
                 st = st.append(Element::builder("required", NS_TLS).build());

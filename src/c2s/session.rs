@@ -265,6 +265,13 @@ impl Session<'_> {
             bare: &self.bare,
             handle: &self.handle,
         };
+        // A hosted service's domain (group chat, upload): the service takes it. Presence
+        // goes through presence handling first, which tracks it as directed presence.
+        if let (Some(t), false) = (&to, st.name == "presence") {
+            if crate::services::dispatch(&self.conn.state, &self.jid, t, &st).await {
+                return Ok(());
+            }
+        }
         match st.name.as_str() {
             "message" => crate::message::outbound(&ctx, &st, to, &mut self.conn.out).await,
             // Boxed: their futures (storage queries, module handlers) are large, and an

@@ -43,7 +43,12 @@ impl Module for Disco {
             let info = req.payload.name() == "query" && req.payload.ns() == NS_INFO;
             match req.scope {
                 Scope::Server if info => Ok(Some(server_info(&req))),
-                Scope::Server => Ok(Some(Element::builder("query", NS_ITEMS).build())),
+                // XEP-0030 §4.1: the services hosted beside the server (MUC, upload).
+                Scope::Server => Ok(Some(
+                    Element::builder("query", NS_ITEMS)
+                        .append_all(req.server.services.disco_items())
+                        .build(),
+                )),
                 Scope::Account => {
                     account_visible(&req).await?;
                     if info {

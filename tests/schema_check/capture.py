@@ -66,6 +66,8 @@ data_dir = "{workdir / 'data'}"
 [listen]
 c2s = "127.0.0.1:{self.port}"
 c2s_direct_tls = ""
+http = ""
+https = ""
 
 [registration]
 open = true
