@@ -62,6 +62,11 @@ pub struct Http {
     /// (a reverse proxy on port 443): e.g. "https://chat.example.org". Empty: derived from
     /// `listen.https` (else `listen.http`) and the first domain.
     pub public_url: String,
+    /// Treat XMPP streams (WebSocket, BOSH) that arrive on the plain `listen.http` listener
+    /// as confidential: set this when a TLS-terminating reverse proxy on the same machine
+    /// forwards to it (like Prosody's consider_websocket_secure). Off: such streams are
+    /// plaintext, and `c2s.require_tls` refuses to authenticate on them.
+    pub trust_plain_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -22,6 +22,14 @@ use crate::server::ServerState;
 #[derive(Debug, Clone, Copy)]
 pub struct Secure(pub bool);
 
+impl Secure {
+    /// Whether an XMPP stream carried by this request is confidential: it came over HTTPS,
+    /// or over plain HTTP from a proxy the configuration trusts (`http.trust_plain_http`).
+    pub fn stream_secure(self, state: &ServerState) -> bool {
+        self.0 || state.config.http.trust_plain_http
+    }
+}
+
 /// The peer's socket address, as a request extension.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
