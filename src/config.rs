@@ -52,6 +52,8 @@ pub struct Config {
     pub extdisco: ExtDisco,
     pub push: Push,
     pub http: Http,
+    /// XEP-0363 HTTP File Upload (`src/upload/config.rs`).
+    pub upload: crate::upload::UploadConfig,
 }
 
 /// The HTTP module as a whole (the listeners are `listen.http` / `listen.https`).
@@ -281,6 +283,7 @@ impl Default for Config {
             extdisco: ExtDisco::default(),
             push: Push::default(),
             http: Http::default(),
+            upload: Default::default(),
         }
     }
 }
@@ -626,6 +629,7 @@ impl Config {
                 ));
             }
         }
+        self.upload.validate().map_err(ConfigError::Invalid)?;
         let url = self.database_url();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")

@@ -35,8 +35,8 @@ impl Secure {
 pub struct Peer(pub SocketAddr);
 
 /// All HTTP routes. Each protocol area adds its own with `.merge(...)`.
-pub fn router(_state: &Arc<ServerState>) -> Router {
-    Router::new()
+pub fn router(state: &Arc<ServerState>) -> Router {
+    Router::new().merge(crate::upload::routes(state.clone()))
 }
 
 /// The base URL clients use to reach this server's HTTP module (no trailing slash):
