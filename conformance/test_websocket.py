@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import socket
-import ssl
 import struct
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -23,9 +22,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from conftest import PASSWORD
-from rawxmpp import NS_BIND, NS_CLIENT, NS_SASL, NS_STREAM, scram_login, q
+from rawxmpp import NS_BIND, NS_CLIENT, NS_SASL, scram_login, q
 from test_sasl2 import BIND, REQUEST_NONE, Sasl2, identity, token_of
-from wsxmpp import NS_FRAMING, WsClosed, WsStream, trusted_context
+from wsxmpp import NS_FRAMING, WsStream, trusted_context
 from xmpp_client import online, run
 
 NS_SM = "urn:xmpp:sm:3"
@@ -138,7 +137,7 @@ def test_sasl2_bind2_and_fast_token(ws_server, accounts):
     (a,) = accounts(ws_server, "wsf")
 
     def sasl2_client() -> Sasl2:
-        c = Sasl2.__new__(Sasl2)
+        c = Sasl2.__new__(Sasl2)      # its __init__ dials TCP: same client, over the WebSocket
         c.stream = WsStream(ws_server, tls=True)
         c.features = c.stream.open()
         c.ua = "c0ffee00-0000-4000-8000-000000000001"

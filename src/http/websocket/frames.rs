@@ -112,6 +112,8 @@ impl Inbound {
         if self.check.next_event()?.is_some() || self.check.buffered() != 0 {
             return Err(FrameError::NotOneElement);
         }
+        // Idle WebSocket sessions should not keep their largest message's buffer.
+        self.check.shrink();
         match (st.ns == NS_FRAMING, st.name.as_str()) {
             (true, "open") => {
                 let restart = self.opened;
