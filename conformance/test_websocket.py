@@ -208,6 +208,24 @@ def test_client_close_is_answered_with_close(ws_server, accounts):
         ws2.close()
 
 
+def test_lost_websocket_ends_its_session(ws_server, accounts):
+    """No session outlives its WebSocket (without stream management): the core sends the
+    unavailable presence owed to a directed-presence recipient when the session ends."""
+    a, b = accounts(ws_server, "wsd", "tcpd")
+
+    async def scenario():
+        async with online(ws_server, b, PASSWORD, resource="tcp") as tcp:
+            ws = await io(lambda: WsStream(ws_server))
+            jid = await io(ws.login, a, PASSWORD)
+            ws.send(f"<presence xmlns='jabber:client' to='{tcp.jid}'/>")
+            got = await tcp.next_presence(lambda p: str(p["from"]) == jid)
+            assert got["type"] == "available"
+            await io(ws.drop)
+            gone = await tcp.next_presence(lambda p: str(p["from"]) == jid)
+            assert gone["type"] == "unavailable"
+    run(scenario())
+
+
 def test_session_replaced_gets_stream_error_then_close(ws_server, accounts):
     (a,) = accounts(ws_server, "wsx")
 
@@ -246,6 +264,15 @@ def test_invalid_message_gets_a_stream_error(ws_server, accounts, frame, conditi
     ws.login(a, PASSWORD)
     ws.send(frame)
     assert ws.expect_stream_error() == condition
+
+
+def test_message_over_the_stanza_limit_is_a_policy_violation(make_server, accounts):
+    srv = make_server(max_stanza_size=10000, extra_sections={"http": {"trust_plain_http": True}})
+    (a,) = accounts(srv, "wsl")
+    ws = WsStream(srv)
+    ws.login(a, PASSWORD)
+    ws.send(message(f"{a}@localhost", "x" * 12000))
+    assert ws.expect_stream_error() == "policy-violation"
 
 
 def test_first_message_must_be_open(ws_server):

@@ -253,7 +253,7 @@ impl Adapter {
                 *pong_deadline = None;
                 // Client activity for the session's idle timeout; only between elements of
                 // an open stream, where RFC 6120 allows whitespace.
-                if self.inbound.opened() && self.to_pipe.is_empty() {
+                if self.inbound.whitespace_allowed() && self.to_pipe.is_empty() {
                     self.to_pipe.extend_from_slice(b" ");
                 }
             }

@@ -87,8 +87,10 @@ impl Inbound {
         }
     }
 
-    pub fn opened(&self) -> bool {
-        self.opened && !self.closed
+    /// Inside an open stream, between elements: where RFC 6120 whitespace may be written.
+    /// Not while a restart is pending (the core is waiting for a new header then).
+    pub fn whitespace_allowed(&self) -> bool {
+        self.opened && !self.closed && !self.restart_expected
     }
 
     /// Note one element the server sent: SASL success means a stream restart comes next.
@@ -249,7 +251,7 @@ mod tests {
                 .unwrap(),
             ClientFrame::Close
         );
-        assert!(!i.opened());
+        assert!(!i.whitespace_allowed());
     }
 
     #[test]
@@ -292,10 +294,15 @@ mod tests {
         i.saw_outbound(&OutFrame::Element(Bytes::from_static(
             b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
         )));
+        assert!(
+            !i.whitespace_allowed(),
+            "no keepalive whitespace while the restart is pending"
+        );
         let ClientFrame::Open { restart, .. } = i.frame(OPEN).unwrap() else {
             panic!("open expected")
         };
         assert!(restart);
+        assert!(i.whitespace_allowed());
         // Only once per success.
         assert_eq!(i.frame(OPEN).unwrap_err(), FrameError::UnexpectedOpen);
     }
