@@ -47,12 +47,14 @@ const SUBPROTOCOL: &str = "xmpp";
 /// burst of stanzas, small enough that a stalled side holds little memory.
 const PIPE_BUFFER: usize = 64 * 1024;
 /// Bytes read from the pipe at once.
-const READ_CHUNK: usize = 8 * 1024;
+const READ_CHUNK: usize = 4 * 1024;
 /// The WebSocket layer's read buffer, allocated per connection up front (its default,
 /// 128 KiB, would dwarf an idle session's footprint); larger messages grow it as needed.
-const WS_READ_BUFFER: usize = 8 * 1024;
+const WS_READ_BUFFER: usize = 4 * 1024;
 /// How long the closing handshake may take once we have sent our Close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a connection with unread input is kept open after our Close (see `serve`).
+const LINGER: Duration = Duration::from_secs(2);
 
 pub fn routes(state: Arc<ServerState>) -> Router {
     Router::new().route(PATH, get(upgrade)).with_state(state)
@@ -137,6 +139,12 @@ async fn serve(state: Arc<ServerState>, mut ws: WebSocket, peer: SocketAddr, sec
             };
             if matches!(timeout(CLOSE_GRACE, send).await, Ok(Ok(()))) {
                 close(&mut ws).await;
+                if matches!(e, FrameError::TooLarge) {
+                    // The rest of the oversized message is still unread: closing the socket
+                    // now would reset the connection, and a reset can discard the error and
+                    // Close we just sent before the client reads them. Give it time to.
+                    tokio::time::sleep(LINGER).await;
+                }
             }
         }
     }
