@@ -241,6 +241,16 @@ def test_session_replaced_gets_stream_error_then_close(ws_server, accounts):
     run(scenario())
 
 
+def test_server_shutdown_is_a_stream_error_over_the_websocket(make_server, accounts):
+    srv = make_server(extra_sections={"http": {"trust_plain_http": True}})
+    (a,) = accounts(srv, "wsq")
+    ws = WsStream(srv)
+    ws.login(a, PASSWORD)
+    assert srv.stop() == 0
+    # Everything the server sent before exiting is buffered on our side.
+    assert ws.expect_stream_error() == "system-shutdown"
+
+
 # --------------------------------------------------------------------------
 # Refusals
 # --------------------------------------------------------------------------
