@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import struct
+import time
 import urllib.request
 import xml.etree.ElementTree as ET
 
@@ -260,6 +261,37 @@ def test_handshake_without_xmpp_subprotocol_is_refused(ws_server, protocols):
     with pytest.raises(InvalidStatus) as e:
         WsStream(ws_server, subprotocols=protocols)
     assert e.value.response.status_code == 501
+
+
+def test_connection_limit_counts_a_websocket_once_and_frees_it(make_server, accounts):
+    """limits.max_connections = 2: a logged-in WebSocket holds one permit, the HTTP request
+    for a second holds the other, so the second upgrade is refused (503); once the first
+    WebSocket is closed, its permit is back."""
+    srv = make_server(extra_sections={"http": {"trust_plain_http": True},
+                                      "limits": {"max_connections": 2}})
+    (a,) = accounts(srv, "wsn")
+    first = WsStream(srv)
+    first.login(a, PASSWORD, "one")
+    with pytest.raises(InvalidStatus) as e:
+        WsStream(srv)
+    assert e.value.response.status_code == 503
+    first.send(f"<close xmlns='{NS_FRAMING}'/>")
+    first.expect(q(NS_FRAMING, "close"))
+    assert first.close_code() == 1000
+    # The session task may drop its share of the permit a moment after the close handshake.
+    for _ in range(50):
+        try:
+            second = WsStream(srv)
+            break
+        except InvalidStatus as e:
+            assert e.response.status_code == 503
+            time.sleep(0.1)
+    else:
+        raise AssertionError("the first WebSocket's connection permit never came back")
+    try:
+        assert second.login(a, PASSWORD, "two") == f"{a}@localhost/two"
+    finally:
+        second.close()
 
 
 @pytest.mark.parametrize("frame,condition", [

@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
 use super::{Peer, Secure};
@@ -76,12 +77,19 @@ async fn upgrade(
         )
             .into_response();
     }
+    // One connection permit for the WebSocket and its session together, held by both until
+    // each is done, so shutdown waits until the last frame (`<system-shutdown/>`) is out.
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "connection limit reached; refusing WebSocket");
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let permit = Arc::new(permit);
     let max = state.limits.max_stanza_size;
     let secure = secure.stream_secure(&state);
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(WS_READ_BUFFER)
-        .on_upgrade(move |socket| serve(state, socket, peer, secure))
+        .on_upgrade(move |socket| serve(state, socket, peer, secure, permit))
 }
 
 /// Why the adapter stops.
@@ -96,9 +104,21 @@ enum Stop {
     Timeout,
 }
 
-async fn serve(state: Arc<ServerState>, mut ws: WebSocket, peer: SocketAddr, secure: bool) {
+async fn serve(
+    state: Arc<ServerState>,
+    mut ws: WebSocket,
+    peer: SocketAddr,
+    secure: bool,
+    permit: Arc<OwnedSemaphorePermit>,
+) {
     let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
-    tokio::spawn(crate::c2s::run_virtual(state.clone(), theirs, peer, secure));
+    tokio::spawn(crate::c2s::run_virtual_holding(
+        state.clone(),
+        theirs,
+        peer,
+        secure,
+        permit.clone(),
+    ));
     let (rd, wr) = tokio::io::split(ours);
     let mut adapter = Adapter {
         inbound: Inbound::new(state.limits.clone()),
@@ -148,6 +168,7 @@ async fn serve(state: Arc<ServerState>, mut ws: WebSocket, peer: SocketAddr, sec
             }
         }
     }
+    drop(permit);
 }
 
 /// The WebSocket closing handshake (RFC 6455 §7): our Close, then wait briefly for theirs.
