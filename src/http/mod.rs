@@ -17,6 +17,9 @@ use tokio::net::TcpListener;
 
 use crate::server::ServerState;
 
+pub mod hostmeta;
+pub mod websocket;
+
 /// Whether a request reached us over TLS (HTTPS listener). Inserted as a request extension
 /// so handlers (WebSocket, BOSH) can tell their session whether the stream is confidential.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +39,10 @@ pub struct Peer(pub SocketAddr);
 
 /// All HTTP routes. Each protocol area adds its own with `.merge(...)`.
 pub fn router(state: &Arc<ServerState>) -> Router {
-    Router::new().merge(crate::upload::routes(state.clone()))
+    Router::new()
+        .merge(crate::upload::routes(state.clone()))
+        .merge(websocket::routes(state.clone()))
+        .merge(hostmeta::routes(state.clone()))
 }
 
 /// The base URL clients use to reach this server's HTTP module (no trailing slash):
