@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 
 use crate::server::ServerState;
 
+pub mod bosh;
+
 /// Whether a request reached us over TLS (HTTPS listener). Inserted as a request extension
 /// so handlers (WebSocket, BOSH) can tell their session whether the stream is confidential.
 #[derive(Debug, Clone, Copy)]
@@ -35,8 +37,8 @@ impl Secure {
 pub struct Peer(pub SocketAddr);
 
 /// All HTTP routes. Each protocol area adds its own with `.merge(...)`.
-pub fn router(_state: &Arc<ServerState>) -> Router {
-    Router::new()
+pub fn router(state: &Arc<ServerState>) -> Router {
+    Router::new().merge(bosh::routes(state.clone()))
 }
 
 /// The base URL clients use to reach this server's HTTP module (no trailing slash):
