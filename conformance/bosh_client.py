@@ -147,6 +147,20 @@ class BoshClient:
 
     async def login(self, user: str, password: str, resource: str = "bosh", **create_args):
         """Create a session, SASL PLAIN, restart, bind. Returns the bound JID."""
+        await self.authenticate(user, password, **create_args)
+        r = await self.request(
+            f"<iq xmlns='{NS_CLIENT}' type='set' id='bind1'>"
+            f"<bind xmlns='{NS_BIND}'><resource>{resource}</resource></bind></iq>")
+        iqs = [p for p in r.payloads if p.tag == q(NS_CLIENT, "iq")]
+        if not iqs:
+            iqs = [await self.until(lambda p: p.tag == q(NS_CLIENT, "iq"))]
+        jid = iqs[0].find(f"{q(NS_BIND, 'bind')}/{q(NS_BIND, 'jid')}")
+        assert jid is not None, ET.tostring(iqs[0], encoding="unicode")
+        self.jid = jid.text
+        return self.jid
+
+    async def authenticate(self, user: str, password: str, **create_args):
+        """Create a session, SASL PLAIN, restart: where a client binds or resumes."""
         r = await self.create(**create_args)
         assert r.status == 200 and not r.terminated, r.text
         features = r.body.find(q(NS_STREAM, "features"))
@@ -164,13 +178,3 @@ class BoshClient:
         r = await self.request(to="localhost", xmpp_restart="true")
         features = r.body.find(q(NS_STREAM, "features"))
         assert features is not None and features.find(q(NS_BIND, "bind")) is not None, r.text
-        r = await self.request(
-            f"<iq xmlns='{NS_CLIENT}' type='set' id='bind1'>"
-            f"<bind xmlns='{NS_BIND}'><resource>{resource}</resource></bind></iq>")
-        iqs = [p for p in r.payloads if p.tag == q(NS_CLIENT, "iq")]
-        if not iqs:
-            iqs = [await self.until(lambda p: p.tag == q(NS_CLIENT, "iq"))]
-        jid = iqs[0].find(f"{q(NS_BIND, 'bind')}/{q(NS_BIND, 'jid')}")
-        assert jid is not None, ET.tostring(iqs[0], encoding="unicode")
-        self.jid = jid.text
-        return self.jid

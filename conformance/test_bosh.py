@@ -265,23 +265,104 @@ def test_stream_error_becomes_remote_stream_error(bosh_server, accounts):
     run(scenario())
 
 
-def test_inactivity_ends_the_session(make_server, accounts):
-    server = make_server(extra_sections={"http": {"trust_plain_http": True},
-                                         "bosh": {"max_inactivity_secs": 2,
-                                                  "max_wait_secs": 1}})
-    a_name, b_name = accounts(server, "boi", "boj")
+@pytest.fixture(scope="module")
+def short_server(module_servers):
+    """Short timeouts and a small queue, for the tests of what ends a session."""
+    return module_servers(extra_sections={
+        "http": {"trust_plain_http": True},
+        "bosh": {"max_inactivity_secs": 2, "max_wait_secs": 1, "max_pause_secs": 30,
+                 "max_queue_bytes": 8192},
+    })
+
+
+async def directed_presence(c, contact_session, contact_jid):
+    await c.request(f"<presence xmlns='{NS_CLIENT}' to='{contact_jid}'/>")
+    await contact_session.next_presence(
+        lambda p: str(p["from"]) == c.jid and p["type"] != "unavailable")
+
+
+def test_inactivity_ends_the_session(short_server, accounts):
+    a_name, b_name = accounts(short_server, "boi", "boj")
 
     async def scenario():
-        async with online(server, b_name, PASSWORD, resource="tcp") as b:
-            c = BoshClient(server)
+        async with online(short_server, b_name, PASSWORD, resource="tcp") as b:
+            c = BoshClient(short_server)
             jid = await c.login(a_name, PASSWORD)
             assert c.creation.body.get("inactivity") == "2"
-            await c.request(f"<presence xmlns='{NS_CLIENT}' to='{b_name}@localhost/tcp'/>")
-            await b.next_presence(lambda p: str(p["from"]) == jid and p["type"] != "unavailable")
+            await directed_presence(c, b, f"{b_name}@localhost/tcp")
             # No more requests: the session is dropped like a lost TCP connection.
             await b.next_presence(unavailable_from(jid), timeout=15)
             r = await c.request()
             assert r.terminated and r.condition == "item-not-found", r.text
+    run(scenario())
+
+
+def test_pause_extends_inactivity(short_server, accounts):
+    a_name, b_name = accounts(short_server, "bpa", "bpb")
+
+    async def scenario():
+        async with online(short_server, b_name, PASSWORD, resource="tcp") as b:
+            c = BoshClient(short_server)
+            jid = await c.login(a_name, PASSWORD)
+            assert c.creation.body.get("maxpause") == "30"
+            await directed_presence(c, b, f"{b_name}@localhost/tcp")
+            r = await c.request(pause="8")
+            assert r.status == 200 and not r.terminated and not r.payloads, r.text
+            # Twice the inactivity limit without a request: the pause keeps the session.
+            assert await b.quiet("presences", unavailable_from(jid), within=4.5) == []
+            r = await c.request()
+            assert not r.terminated, r.text
+    run(scenario())
+
+
+def test_slow_consumer_is_disconnected(short_server, accounts):
+    a_name, b_name = accounts(short_server, "bqa", "bqb")
+
+    async def scenario():
+        async with online(short_server, b_name, PASSWORD, resource="tcp") as b:
+            c = BoshClient(short_server)
+            jid = await c.login(a_name, PASSWORD)
+            await directed_presence(c, b, f"{b_name}@localhost/tcp")
+            # The BOSH client asks for nothing while more than max_queue_bytes arrive.
+            for i in range(12):
+                b.send_message(jid, f"{i} " + "x" * 1000)
+            await b.next_presence(unavailable_from(jid), timeout=15)
+            r = await c.request()
+            # The terminal condition waits for the client's next request.
+            assert r.terminated and r.condition == "undefined-condition", r.text
+    run(scenario())
+
+
+def test_inactive_session_can_be_resumed(short_server, accounts):
+    """XEP-0198: an inactive BOSH session is a dropped connection, resumable from a new one."""
+    a_name, b_name = accounts(short_server, "bra", "brb")
+    ns_sm = "urn:xmpp:sm:3"
+
+    async def scenario():
+        async with online(short_server, b_name, PASSWORD, resource="tcp") as b:
+            c = BoshClient(short_server)
+            jid = await c.login(a_name, PASSWORD)
+            r = await c.request(f"<enable xmlns='{ns_sm}' resume='true'/>")
+            enabled = [p for p in r.payloads if p.tag == q(ns_sm, "enabled")]
+            if not enabled:
+                enabled = [await c.until(lambda p: p.tag == q(ns_sm, "enabled"))]
+            previd = enabled[0].get("id")
+            assert previd and enabled[0].get("resume") in ("true", "1")
+            await directed_presence(c, b, f"{b_name}@localhost/tcp")
+            # Gone quiet: after the inactivity limit the stream is dropped, not closed.
+            await asyncio.sleep(4)
+            b.send_message(jid, "while you were away")
+            assert await b.quiet("presences", unavailable_from(jid)) == [], \
+                "a resumable session must wait for resumption, not go offline"
+            c2 = BoshClient(short_server)
+            await c2.authenticate(a_name, PASSWORD)
+            r = await c2.request(f"<resume xmlns='{ns_sm}' previd='{previd}' h='0'/>")
+            payloads = list(r.payloads)
+            while not any(p.tag == q(ns_sm, "resumed") for p in payloads):
+                payloads += (await c2.request()).payloads
+            # XEP-0198 §5: what was never acknowledged is sent again on the resumed stream.
+            if not any(is_message("while you were away")(p) for p in payloads):
+                await c2.until(is_message("while you were away"))
     run(scenario())
 
 
