@@ -60,7 +60,9 @@ pub fn parse(data: &[u8], limits: &Limits) -> Result<Request, BadRequest> {
             if !text[start + tag_len..].trim().is_empty() {
                 return Err(bad("data after <body/>"));
             }
-            let qname_len = open.find(|c: char| c.is_ascii_whitespace()).unwrap_or(open.len());
+            let qname_len = open
+                .find(|c: char| c.is_ascii_whitespace())
+                .unwrap_or(open.len());
             let qname = &open[1..qname_len];
             std::borrow::Cow::Owned(format!("{}{open}></{qname}>", &text[..start]))
         }
@@ -136,7 +138,9 @@ fn parse_attributes(tag: &str) -> Result<Request, BadRequest> {
         None => (None, qname.as_str()),
     };
     if local != "body" || ns_of(prefix) != Some(NS_HTTPBIND) {
-        return Err(bad(format!("root is <{qname}/>, not <body/> in {NS_HTTPBIND}")));
+        return Err(bad(format!(
+            "root is <{qname}/>, not <body/> in {NS_HTTPBIND}"
+        )));
     }
     let mut req = Request::default();
     let mut rid = None;
@@ -315,8 +319,10 @@ mod tests {
         .unwrap();
         assert!(r.restart);
         // The prefix must be bound to urn:xmpp:xbosh.
-        let r = p("<body rid='7' sid='S' xmpp:restart='true' xmlns:xmpp='urn:other' \
-             xmlns='http://jabber.org/protocol/httpbind'/>")
+        let r = p(
+            "<body rid='7' sid='S' xmpp:restart='true' xmlns:xmpp='urn:other' \
+             xmlns='http://jabber.org/protocol/httpbind'/>",
+        )
         .unwrap();
         assert!(!r.restart);
         let r = p("<b:body rid='8' sid='S' type='terminate' xmlns:b='http://jabber.org/protocol/httpbind'>\
@@ -369,7 +375,10 @@ mod tests {
             &b[..],
             b"<body xmlns='http://jabber.org/protocol/httpbind' sid='a&apos;b'/>"
         );
-        let t = terminate(Some("item-not-found"), &[Bytes::from_static(b"<x xmlns='y'/>")]);
+        let t = terminate(
+            Some("item-not-found"),
+            &[Bytes::from_static(b"<x xmlns='y'/>")],
+        );
         assert_eq!(
             &t[..],
             &b"<body xmlns='http://jabber.org/protocol/httpbind' type='terminate' condition='item-not-found'><x xmlns='y'/></body>"[..]

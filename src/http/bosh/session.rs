@@ -132,7 +132,11 @@ pub(crate) async fn create(bosh: Arc<Bosh>, req: Request, peer: SocketAddr, secu
     let wait = req.wait.unwrap_or(cfg.max_wait_secs).min(cfg.max_wait_secs);
     let requests = hold + 1;
     let inactivity = cfg.max_inactivity_secs + if hold == 0 { POLLING_SECS } else { 0 };
-    let sid = format!("{}{}", crate::stanza::random_id(), crate::stanza::random_id());
+    let sid = format!(
+        "{}{}",
+        crate::stanza::random_id(),
+        crate::stanza::random_id()
+    );
     let mut attrs: Vec<(&'static str, String)> = vec![
         ("sid", sid.clone()),
         ("wait", wait.to_string()),
@@ -216,7 +220,10 @@ pub(crate) async fn create(bosh: Arc<Bosh>, req: Request, peer: SocketAddr, secu
 
 /// Read what the session wrote into the reframer. The buffer is on the stack of one poll,
 /// never part of the task's state while it waits.
-async fn read_into(rd: &mut ReadHalf<DuplexStream>, reframer: &mut Reframer) -> std::io::Result<usize> {
+async fn read_into(
+    rd: &mut ReadHalf<DuplexStream>,
+    reframer: &mut Reframer,
+) -> std::io::Result<usize> {
     poll_fn(|cx| {
         let mut buf = [0u8; 8192];
         let mut rb = ReadBuf::new(&mut buf);
@@ -467,7 +474,8 @@ impl Actor {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(sid = %self.sid, error = %e, "BOSH: server stream unreadable");
-                    self.end_with(Some("internal-server-error"), Close::Drop).await;
+                    self.end_with(Some("internal-server-error"), Close::Drop)
+                        .await;
                     break;
                 }
             };
@@ -489,7 +497,8 @@ impl Actor {
                     if self.queue_bytes > self.p.max_queue {
                         tracing::info!(sid = %self.sid, "BOSH client not polling: queue overflow");
                         self.queue.clear();
-                        self.end_with(Some("undefined-condition"), Close::Drop).await;
+                        self.end_with(Some("undefined-condition"), Close::Drop)
+                            .await;
                     }
                 }
                 OutFrame::Close => {
