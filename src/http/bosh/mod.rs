@@ -153,6 +153,15 @@ fn with_cors(mut r: Response) -> Response {
     r
 }
 
+/// Largest request body accepted.
+fn max_body(state: &ServerState) -> usize {
+    state
+        .config
+        .limits
+        .max_stanza_size
+        .saturating_mul(BODY_SIZE_FACTOR)
+}
+
 async fn handle_options() -> Response {
     with_cors(StatusCode::OK.into_response())
 }
@@ -177,12 +186,7 @@ async fn handle_post(
     Extension(Peer(peer)): Extension<Peer>,
     body: Body,
 ) -> Response {
-    let limit = bosh
-        .state
-        .config
-        .limits
-        .max_stanza_size
-        .saturating_mul(BODY_SIZE_FACTOR);
+    let limit = max_body(&bosh.state);
     let data = match axum::body::to_bytes(body, limit).await {
         Ok(d) => d,
         Err(_) => {

@@ -77,6 +77,8 @@ struct Params {
     legacy: bool,
     content_type: Option<HeaderValue>,
     max_queue: usize,
+    /// Bytes of client input not yet taken by the session core before requests wait.
+    max_input: usize,
     /// Write whitespace into the stream on an empty request at most this often, so the
     /// core's idle timeout sees a client that is polling as alive.
     keepalive: Duration,
@@ -169,6 +171,7 @@ pub(crate) async fn create(bosh: Arc<Bosh>, req: Request, peer: SocketAddr, secu
             .as_deref()
             .and_then(|c| HeaderValue::from_str(c).ok()),
         max_queue: cfg.max_queue_bytes,
+        max_input: super::max_body(&state),
         keepalive: Duration::from_secs((state.config.c2s.idle_timeout_secs / 2).max(1)),
     };
     let (client, server) = tokio::io::duplex(PIPE_BUF);
@@ -244,7 +247,9 @@ impl Actor {
         while !self.done {
             let deadline = self.deadline();
             tokio::select! {
-                inc = self.rx.recv() => match inc {
+                // Backpressure: while the session core has not taken what earlier requests
+                // carried, new requests wait in the channel (and their HTTP connections).
+                inc = self.rx.recv(), if self.to_server.len() <= self.p.max_input => match inc {
                     Some(inc) => self.on_request(inc).await,
                     None => break,
                 },
@@ -577,5 +582,16 @@ impl Actor {
             self.to_server = BytesMut::new();
             let _ = self.wr.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// One of these lives per BOSH session, idle ones included (the pipe and the session
+    /// core are counted by the c2s budget).
+    #[test]
+    fn per_session_state_stays_small() {
+        let size = std::mem::size_of::<super::Actor>();
+        assert!(size <= 1024, "Actor: {size} bytes");
     }
 }
