@@ -257,7 +257,12 @@ impl Actor {
                     self.on_read(r).await
                 }
                 r = self.wr.write(&self.to_server), if !self.to_server.is_empty() => match r {
-                    Ok(n) => self.to_server.advance(n),
+                    Ok(n) => {
+                        self.to_server.advance(n);
+                        if self.to_server.is_empty() {
+                            self.to_server = BytesMut::new(); // no capacity kept while idle
+                        }
+                    }
                     Err(_) => {
                         self.to_server = BytesMut::new();
                         self.end_with(Some("remote-connection-failed"), Close::Remote).await;
@@ -512,6 +517,7 @@ impl Actor {
                 }
             }
         }
+        self.reframer.shrink();
         self.pump();
     }
 
