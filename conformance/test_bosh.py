@@ -65,6 +65,13 @@ def test_session_creation_response(bosh_server):
         # An older client version is echoed (the lower of both).
         c2 = BoshClient(bosh_server)
         assert (await c2.create(ver="1.6")).body.get("ver") == "1.6"
+        # §7.1 'content': the Content-Type of every response in the session.
+        c3 = BoshClient(bosh_server)
+        r = await c3.request(to="localhost", wait=1, hold=1, ver="1.11",
+                             content="text/plain; charset=utf-8")
+        assert r.headers["content-type"] == "text/plain; charset=utf-8"
+        c3.sid = r.body.get("sid")
+        assert (await c3.request()).headers["content-type"] == "text/plain; charset=utf-8"
     run(scenario())
 
 
@@ -189,6 +196,27 @@ def test_repeated_rid_gets_the_cached_response(bosh_server, accounts):
             r = await c.request(f"<iq xmlns='{NS_CLIENT}' type='get' id='p2'>"
                                 "<ping xmlns='urn:xmpp:ping'/></iq>")
             assert not r.terminated
+    run(scenario())
+
+
+def test_resent_held_request_replaces_the_first(bosh_server, accounts):
+    """§14.3: a rid received again before it was answered: the first copy gets a
+    recoverable error, the new one is held and gets the data."""
+    a_name, b_name = accounts(bosh_server, "bha", "bhb")
+
+    async def scenario():
+        async with online(bosh_server, b_name, PASSWORD, resource="tcp") as b:
+            c = BoshClient(bosh_server)
+            jid = await c.login(a_name, PASSWORD)
+            xml = c.body()
+            first = asyncio.create_task(c.post(xml))
+            await asyncio.sleep(0.3)
+            second = asyncio.create_task(c.post(xml))
+            r1 = await first
+            assert r1.status == 200 and r1.body.get("type") == "error", r1.text
+            b.send_message(jid, "to the second copy")
+            r2 = await second
+            assert any(is_message("to the second copy")(p) for p in r2.payloads), r2.text
     run(scenario())
 
 
