@@ -63,7 +63,8 @@ pub(crate) struct Bosh {
 /// How a handler reaches a session's actor.
 #[derive(Clone)]
 struct Handle {
-    tx: mpsc::Sender<session::Incoming>,
+    /// Boxed: the channel allocates its slots in blocks of 32 and keeps one per session.
+    tx: mpsc::Sender<Box<session::Incoming>>,
     /// Created over a confidential connection: later requests must be too (§21.1).
     secure: bool,
 }
@@ -224,7 +225,7 @@ async fn handle_post(
     let (reply, rx) = oneshot::channel();
     if handle
         .tx
-        .send(session::Incoming { req, reply })
+        .send(Box::new(session::Incoming { req, reply }))
         .await
         .is_err()
     {

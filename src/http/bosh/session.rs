@@ -90,7 +90,7 @@ pub(crate) struct Actor {
     p: Params,
     domain: String,
     lang: String,
-    rx: mpsc::Receiver<Incoming>,
+    rx: mpsc::Receiver<Box<Incoming>>,
     rd: ReadHalf<DuplexStream>,
     wr: WriteHalf<DuplexStream>,
     /// Bytes for the session core, not yet written into the pipe.
@@ -98,7 +98,7 @@ pub(crate) struct Actor {
     reframer: Reframer,
     window: Window,
     /// Requests that arrived ahead of a missing rid.
-    early: BTreeMap<u64, Incoming>,
+    early: BTreeMap<u64, Box<Incoming>>,
     held: VecDeque<Held>,
     queue: Vec<Bytes>,
     queue_bytes: usize,
@@ -246,7 +246,7 @@ impl Actor {
         p: Params,
         domain: String,
         lang: String,
-        rx: mpsc::Receiver<Incoming>,
+        rx: mpsc::Receiver<Box<Incoming>>,
         pipe: DuplexStream,
         first_rid: u64,
     ) -> Actor {
@@ -344,7 +344,7 @@ impl Actor {
         d
     }
 
-    async fn on_request(&mut self, inc: Incoming) {
+    async fn on_request(&mut self, inc: Box<Incoming>) {
         if self.closing.is_some() {
             let reply = match self.pending_terminate.take() {
                 Some(b) => Reply::ok(b, self.p.content_type.clone()),
@@ -411,8 +411,8 @@ impl Actor {
     }
 
     /// The next request in rid order: its payloads go into the stream, then it is held.
-    async fn process(&mut self, inc: Incoming) {
-        let Incoming { req, reply } = inc;
+    async fn process(&mut self, inc: Box<Incoming>) {
+        let Incoming { req, reply } = *inc;
         self.window.advance();
         let now = Instant::now();
         if req.restart {
