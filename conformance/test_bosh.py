@@ -3,6 +3,7 @@
 
 import asyncio
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -65,6 +66,11 @@ def test_session_creation_response(bosh_server):
         # An older client version is echoed (the lower of both).
         c2 = BoshClient(bosh_server)
         assert (await c2.create(ver="1.6")).body.get("ver") == "1.6"
+        # §11: a polling session (hold 0) may make one request at a time and gets more
+        # inactivity than the polling interval.
+        b = (await BoshClient(bosh_server).create(hold=0)).body
+        assert b.get("hold") == "0" and b.get("requests") == "1", ET.tostring(b)
+        assert int(b.get("inactivity")) > 60, "bosh.max_inactivity_secs plus the polling interval"
         # §7.1 'content': the Content-Type of every response in the session.
         c3 = BoshClient(bosh_server)
         r = await c3.request(to="localhost", wait=1, hold=1, ver="1.11",
