@@ -200,12 +200,9 @@ async fn handle_post(
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "BOSH request refused");
-            // Not a BOSH request at all: whether the client is legacy cannot be known.
-            return Reply {
-                status: StatusCode::BAD_REQUEST,
-                ..Reply::terminate("bad-request", false)
-            }
-            .into_response();
+            // §17.2: HTTP 200 with the binding condition. Whether the client is legacy
+            // (and would want 400) cannot be known from a body that does not parse.
+            return Reply::terminate("bad-request", false).into_response();
         }
     };
     let secure = secure.stream_secure(&bosh.state);
