@@ -19,6 +19,7 @@ use crate::server::ServerState;
 
 pub mod hostmeta;
 pub mod websocket;
+pub mod bosh;
 
 /// Whether a request reached us over TLS (HTTPS listener). Inserted as a request extension
 /// so handlers (WebSocket, BOSH) can tell their session whether the stream is confidential.
@@ -43,6 +44,7 @@ pub fn router(state: &Arc<ServerState>) -> Router {
         .merge(crate::upload::routes(state.clone()))
         .merge(websocket::routes(state.clone()))
         .merge(hostmeta::routes(state.clone()))
+        .merge(bosh::routes(state.clone()))
 }
 
 /// The base URL clients use to reach this server's HTTP module (no trailing slash):
