@@ -17,9 +17,9 @@ use tokio::net::TcpListener;
 
 use crate::server::ServerState;
 
+pub mod bosh;
 pub mod hostmeta;
 pub mod websocket;
-pub mod bosh;
 
 /// Whether a request reached us over TLS (HTTPS listener). Inserted as a request extension
 /// so handlers (WebSocket, BOSH) can tell their session whether the stream is confidential.
