@@ -103,14 +103,14 @@ const commands = {
     // Converse adds the message at once (with a progress bar), then, once the PUT
     // succeeded, sends it with the GET URL as body and OOB data and renders that URL.
     const sent = page.locator('converse-chat .chat-msg').nth(before);
-    const link = sent.locator(`a[href*="${encodeURIComponent(name)}"], img[src*="${encodeURIComponent(name)}"]`).first();
+    const link = sent.locator('a[href^="http"], img[src^="http"]').first();
     await link.waitFor({ state: 'attached' });
     const url = (await link.getAttribute('href')) ?? (await link.getAttribute('src'));
     return { url };
   },
 
   async wait_image({ url }) {
-    const img = page.locator(`converse-chat img[src="${url}"]`).first();
+    const img = page.locator(`converse-chat img.chat-image[src="${url}"]`).first();
     await img.waitFor({ state: 'visible' });
     await page.waitForFunction(
       (el) => el.complete && el.naturalWidth > 0,
