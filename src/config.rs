@@ -52,6 +52,7 @@ pub struct Config {
     pub extdisco: ExtDisco,
     pub push: Push,
     pub http: Http,
+    pub websocket: WebSocket,
 }
 
 /// The HTTP module as a whole (the listeners are `listen.http` / `listen.https`).
@@ -67,6 +68,26 @@ pub struct Http {
     /// forwards to it (like Prosody's consider_websocket_secure). Off: such streams are
     /// plaintext, and `c2s.require_tls` refuses to authenticate on them.
     pub trust_plain_http: bool,
+}
+
+/// RFC 7395 XMPP over WebSocket (`/xmpp-websocket` on the HTTP listeners).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocket {
+    /// Send a WebSocket Ping after this long; each Pong also counts as client activity for
+    /// `c2s.idle_timeout_secs` (browsers cannot send whitespace keepalives).
+    pub ping_secs: u64,
+    /// Close a connection whose Pong has not arrived this long after our Ping.
+    pub ping_timeout_secs: u64,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            ping_secs: 30,
+            ping_timeout_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,6 +302,7 @@ impl Default for Config {
             extdisco: ExtDisco::default(),
             push: Push::default(),
             http: Http::default(),
+            websocket: WebSocket::default(),
         }
     }
 }

@@ -17,6 +17,9 @@ use tokio::net::TcpListener;
 
 use crate::server::ServerState;
 
+pub mod hostmeta;
+pub mod websocket;
+
 /// Whether a request reached us over TLS (HTTPS listener). Inserted as a request extension
 /// so handlers (WebSocket, BOSH) can tell their session whether the stream is confidential.
 #[derive(Debug, Clone, Copy)]
@@ -35,8 +38,10 @@ impl Secure {
 pub struct Peer(pub SocketAddr);
 
 /// All HTTP routes. Each protocol area adds its own with `.merge(...)`.
-pub fn router(_state: &Arc<ServerState>) -> Router {
+pub fn router(state: &Arc<ServerState>) -> Router {
     Router::new()
+        .merge(websocket::routes(state.clone()))
+        .merge(hostmeta::routes(state.clone()))
 }
 
 /// The base URL clients use to reach this server's HTTP module (no trailing slash):
