@@ -53,6 +53,8 @@ pub struct Config {
     pub push: Push,
     pub http: Http,
     pub websocket: WebSocket,
+    /// XEP-0363 HTTP File Upload (`src/upload/config.rs`).
+    pub upload: crate::upload::UploadConfig,
 }
 
 /// The HTTP module as a whole (the listeners are `listen.http` / `listen.https`).
@@ -303,6 +305,7 @@ impl Default for Config {
             push: Push::default(),
             http: Http::default(),
             websocket: WebSocket::default(),
+            upload: Default::default(),
         }
     }
 }
@@ -648,6 +651,7 @@ impl Config {
                 ));
             }
         }
+        self.upload.validate().map_err(ConfigError::Invalid)?;
         let url = self.database_url();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")

@@ -27,4 +27,5 @@ pub mod services;
 pub mod stanza;
 pub mod storage;
 pub mod tls;
+pub mod upload;
 pub mod xml;

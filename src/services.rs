@@ -65,8 +65,16 @@ pub struct Services {
 impl Services {
     /// The services a server runs, from its configuration (each is on by default and off
     /// with an empty domain, as its config section documents).
-    pub fn standard(_config: &crate::config::Config, _domains: &[String]) -> Services {
-        Services::default()
+    pub fn standard(config: &crate::config::Config, _domains: &[String]) -> Services {
+        let mut services = Services::default();
+        services.add_opt(crate::upload::service(config));
+        services
+    }
+
+    fn add_opt(&mut self, s: Option<Arc<dyn Service>>) {
+        if let Some(s) = s {
+            self.add(s);
+        }
     }
 
     pub fn add(&mut self, s: Arc<dyn Service>) {

@@ -42,6 +42,7 @@ pub fn router(state: &Arc<ServerState>) -> Router {
     Router::new()
         .merge(websocket::routes(state.clone()))
         .merge(hostmeta::routes(state.clone()))
+        .merge(crate::upload::routes(state.clone()))
 }
 
 /// The base URL clients use to reach this server's HTTP module (no trailing slash):

@@ -12,6 +12,7 @@
 //! - [`archive`]: XEP-0313 message archives and XEP-0441 preferences.
 //! - [`pubsub`]: PEP nodes and items (XEP-0163, XEP-0223).
 //! - [`fast`]: XEP-0484 FAST tokens (sealed), two slots per client.
+//! - [`upload`]: XEP-0363 upload slots and stored files (the bytes are on disk).
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -46,6 +47,8 @@ pub use push::{PushRegistration, PushRegistrations};
 mod pubsub;
 pub use pubsub::{AccessModel, NodeConfig, PepItem, PepNode, Pubsub, SendLast};
 mod roster;
+mod upload;
+pub use upload::{Claim, NewSlot, SlotGrant, UploadRecord, UploadState, Uploads};
 #[cfg(test)]
 #[macro_use]
 mod tests;
