@@ -191,6 +191,7 @@ def oob_url(message) -> str | None:
 # The test
 # --------------------------------------------------------------------------
 
+@pytest.mark.timeout(300)
 def test_converse_chat_and_file_upload(browser_ready, make_server, accounts, page_server,
                                        tmp_path):
     server = make_server()
@@ -214,7 +215,7 @@ def test_converse_chat_and_file_upload(browser_ready, make_server, accounts, pag
             await browser.start()
             try:
                 await browser.call("open", url=page_url)
-                await browser.call("wait_chat", timeout=STEP_TIMEOUT)
+                await browser.call("wait_chat")
 
                 # Converse -> slixmpp
                 hello = f"hello from Converse {secrets.token_hex(4)}"
@@ -246,7 +247,20 @@ def test_converse_chat_and_file_upload(browser_ready, make_server, accounts, pag
                 await browser.call("wait_image", url=url)
                 await browser.call("screenshot", path=str(screenshot))
                 print(f"\nscreenshot: {screenshot}")
+
+                # What the chat shows, attributed to the right senders.
+                shown = (await browser.call("messages"))["messages"]
+                by_text = {m["text"]: m for m in shown}
+                assert hello in by_text and reply in by_text, shown
+                assert by_text[hello]["sender"] == "me", shown
+                assert by_text[reply]["sender"] == "them", shown
+                assert by_text[reply]["from"].split("/")[0] == peer_jid, shown
+                files = [m for m in shown if url in m["links"]]
+                assert len(files) == 1 and files[0]["sender"] == "me", shown
+
+                external = (await browser.call("external_requests"))["urls"]
+                assert external == [], f"the page reached beyond loopback: {external}"
             finally:
                 await browser.stop()
 
-    run(scenario(), timeout=240)
+    run(scenario(), timeout=280)

@@ -15,6 +15,8 @@
 //                                             send the file through Converse's upload button;
 //                                             replies with the URL the sent message links to
 //   {"cmd": "wait_image", "url": U}           the image at U is rendered (downloaded by GET)
+//   {"cmd": "messages"}                       the chat's messages (sender, text, links)
+//   {"cmd": "external_requests"}              URLs the page requested beyond loopback
 //   {"cmd": "screenshot", "path": P}
 //   {"cmd": "close"}
 import { chromium } from 'playwright-core';
@@ -43,6 +45,8 @@ const ARGS = [
 let context = null;
 let page = null;
 let profile = null;
+const external = []; // requests the page made to anything but loopback
+const LOOPBACK = new Set(['localhost', '127.0.0.1', '[::1]']);
 
 function log(...parts) {
   process.stderr.write(parts.join(' ') + '\n');
@@ -65,6 +69,11 @@ const commands = {
     page.on('console', (m) => log(`[console.${m.type()}]`, m.text()));
     page.on('pageerror', (e) => log('[pageerror]', e.stack || String(e)));
     page.on('requestfailed', (r) => log('[requestfailed]', r.method(), r.url(), r.failure()?.errorText));
+    page.on('request', (r) => {
+      const url = new URL(r.url());
+      if (/^(https?|wss?):$/.test(url.protocol) && !LOOPBACK.has(url.hostname)) external.push(r.url());
+    });
+    page.on('response', (r) => r.status() >= 400 && log('[http]', r.status(), r.request().method(), r.url()));
     page.on('websocket', (ws) => {
       log('[websocket] open', ws.url());
       ws.on('close', () => log('[websocket] closed', ws.url()));
@@ -118,6 +127,27 @@ const commands = {
     );
     const size = await img.evaluate((el) => [el.naturalWidth, el.naturalHeight]);
     return { size };
+  },
+
+  async messages() {
+    // What the chat shows, in order: the sender Converse attributes each message to
+    // (data-from), whether it is rendered as ours ('me') or theirs ('them'), its text and
+    // the http(s) links or images in it.
+    const messages = await page.locator('converse-chat .chat-msg').evaluateAll((els) =>
+      els.map((el) => ({
+        from: el.dataset.from,
+        sender: el.querySelector('.chat-msg__content--me') ? 'me' : 'them',
+        text: el.querySelector('.chat-msg__text')?.innerText ?? '',
+        links: [...el.querySelectorAll('a[href^="http"], img[src^="http"]')].map(
+          (a) => a.getAttribute('href') ?? a.getAttribute('src'),
+        ),
+      })),
+    );
+    return { messages };
+  },
+
+  async external_requests() {
+    return { urls: external };
   },
 
   async screenshot({ path }) {
