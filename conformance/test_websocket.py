@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import socket
-import ssl
 import struct
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -23,9 +22,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from conftest import PASSWORD
-from rawxmpp import NS_BIND, NS_CLIENT, NS_SASL, NS_STREAM, scram_login, q
+from rawxmpp import NS_BIND, NS_CLIENT, NS_SASL, scram_login, q
 from test_sasl2 import BIND, REQUEST_NONE, Sasl2, identity, token_of
-from wsxmpp import NS_FRAMING, WsClosed, WsStream, trusted_context
+from wsxmpp import NS_FRAMING, WsStream, trusted_context
 from xmpp_client import online, run
 
 NS_SM = "urn:xmpp:sm:3"
@@ -138,7 +137,7 @@ def test_sasl2_bind2_and_fast_token(ws_server, accounts):
     (a,) = accounts(ws_server, "wsf")
 
     def sasl2_client() -> Sasl2:
-        c = Sasl2.__new__(Sasl2)
+        c = Sasl2.__new__(Sasl2)      # its __init__ dials TCP: same client, over the WebSocket
         c.stream = WsStream(ws_server, tls=True)
         c.features = c.stream.open()
         c.ua = "c0ffee00-0000-4000-8000-000000000001"
@@ -209,6 +208,24 @@ def test_client_close_is_answered_with_close(ws_server, accounts):
         ws2.close()
 
 
+def test_lost_websocket_ends_its_session(ws_server, accounts):
+    """No session outlives its WebSocket (without stream management): the core sends the
+    unavailable presence owed to a directed-presence recipient when the session ends."""
+    a, b = accounts(ws_server, "wsd", "tcpd")
+
+    async def scenario():
+        async with online(ws_server, b, PASSWORD, resource="tcp") as tcp:
+            ws = await io(lambda: WsStream(ws_server))
+            jid = await io(ws.login, a, PASSWORD)
+            ws.send(f"<presence xmlns='jabber:client' to='{tcp.jid}'/>")
+            got = await tcp.next_presence(lambda p: str(p["from"]) == jid)
+            assert got["type"] == "available"
+            await io(ws.drop)
+            gone = await tcp.next_presence(lambda p: str(p["from"]) == jid)
+            assert gone["type"] == "unavailable"
+    run(scenario())
+
+
 def test_session_replaced_gets_stream_error_then_close(ws_server, accounts):
     (a,) = accounts(ws_server, "wsx")
 
@@ -247,6 +264,15 @@ def test_invalid_message_gets_a_stream_error(ws_server, accounts, frame, conditi
     ws.login(a, PASSWORD)
     ws.send(frame)
     assert ws.expect_stream_error() == condition
+
+
+def test_message_over_the_stanza_limit_is_a_policy_violation(make_server, accounts):
+    srv = make_server(max_stanza_size=10000, extra_sections={"http": {"trust_plain_http": True}})
+    (a,) = accounts(srv, "wsl")
+    ws = WsStream(srv)
+    ws.login(a, PASSWORD)
+    ws.send(message(f"{a}@localhost", "x" * 12000))
+    assert ws.expect_stream_error() == "policy-violation"
 
 
 def test_first_message_must_be_open(ws_server):

@@ -47,7 +47,10 @@ const SUBPROTOCOL: &str = "xmpp";
 /// burst of stanzas, small enough that a stalled side holds little memory.
 const PIPE_BUFFER: usize = 64 * 1024;
 /// Bytes read from the pipe at once.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
+/// The WebSocket layer's read buffer, allocated per connection up front (its default,
+/// 128 KiB, would dwarf an idle session's footprint); larger messages grow it as needed.
+const WS_READ_BUFFER: usize = 8 * 1024;
 /// How long the closing handshake may take once we have sent our Close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -75,6 +78,7 @@ async fn upgrade(
     let secure = secure.stream_secure(&state);
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| serve(state, socket, peer, secure))
 }
 
@@ -249,7 +253,7 @@ impl Adapter {
                 *pong_deadline = None;
                 // Client activity for the session's idle timeout; only between elements of
                 // an open stream, where RFC 6120 allows whitespace.
-                if self.inbound.opened() && self.to_pipe.is_empty() {
+                if self.inbound.whitespace_allowed() && self.to_pipe.is_empty() {
                     self.to_pipe.extend_from_slice(b" ");
                 }
             }

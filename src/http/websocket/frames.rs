@@ -87,8 +87,10 @@ impl Inbound {
         }
     }
 
-    pub fn opened(&self) -> bool {
-        self.opened && !self.closed
+    /// Inside an open stream, between elements: where RFC 6120 whitespace may be written.
+    /// Not while a restart is pending (the core is waiting for a new header then).
+    pub fn whitespace_allowed(&self) -> bool {
+        self.opened && !self.closed && !self.restart_expected
     }
 
     /// Note one element the server sent: SASL success means a stream restart comes next.
@@ -112,6 +114,8 @@ impl Inbound {
         if self.check.next_event()?.is_some() || self.check.buffered() != 0 {
             return Err(FrameError::NotOneElement);
         }
+        // Idle WebSocket sessions should not keep their largest message's buffer.
+        self.check.shrink();
         match (st.ns == NS_FRAMING, st.name.as_str()) {
             (true, "open") => {
                 let restart = self.opened;
@@ -247,7 +251,7 @@ mod tests {
                 .unwrap(),
             ClientFrame::Close
         );
-        assert!(!i.opened());
+        assert!(!i.whitespace_allowed());
     }
 
     #[test]
@@ -290,10 +294,15 @@ mod tests {
         i.saw_outbound(&OutFrame::Element(Bytes::from_static(
             b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
         )));
+        assert!(
+            !i.whitespace_allowed(),
+            "no keepalive whitespace while the restart is pending"
+        );
         let ClientFrame::Open { restart, .. } = i.frame(OPEN).unwrap() else {
             panic!("open expected")
         };
         assert!(restart);
+        assert!(i.whitespace_allowed());
         // Only once per success.
         assert_eq!(i.frame(OPEN).unwrap_err(), FrameError::UnexpectedOpen);
     }
