@@ -651,7 +651,9 @@ impl Config {
                 ));
             }
         }
-        self.upload.validate().map_err(ConfigError::Invalid)?;
+        self.upload
+            .validate(&domains)
+            .map_err(ConfigError::Invalid)?;
         let url = self.database_url();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")

@@ -49,8 +49,17 @@ impl Default for UploadConfig {
 }
 
 impl UploadConfig {
-    /// Checks `crate::config::Config::validate` runs.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks `crate::config::Config::validate` runs (`domains`: the served domains).
+    pub fn validate(&self, domains: &[String]) -> Result<(), String> {
+        let own = self.domain.trim().to_ascii_lowercase();
+        if domains.contains(&own) {
+            return Err(format!(
+                "upload.domain: {own:?} is a served domain; the service needs its own (e.g. upload.{own})"
+            ));
+        }
+        if !own.is_empty() && jid::BareJid::new(&own).map_or(true, |j| j.node().is_some()) {
+            return Err(format!("upload.domain: {own:?} is not a valid domain"));
+        }
         if self.slot_ttl_secs == 0 || self.expiry_interval_secs == 0 {
             return Err("upload: slot_ttl_secs and expiry_interval_secs must be positive".into());
         }
@@ -87,6 +96,42 @@ impl UploadConfig {
             data_dir.join("upload")
         } else {
             std::path::PathBuf::from(&self.path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn load(text: &str) -> Result<Config, crate::config::ConfigError> {
+        Config::from_parts(text, Vec::new())
+    }
+
+    #[test]
+    fn upload_section() {
+        let c = load("domain = \"example.org\"\n").unwrap();
+        assert_eq!(
+            c.upload.service_domain(&c.domains()).as_deref(),
+            Some("upload.example.org")
+        );
+        let c = load("[upload]\nenabled = false\n").unwrap();
+        assert_eq!(c.upload.service_domain(&c.domains()), None);
+        let c = load("[upload]\nexpire_days = 0.5\ndomain = \"Files.Example\"\n").unwrap();
+        assert_eq!(c.upload.expire_days, 0.5);
+        assert_eq!(
+            c.upload.service_domain(&c.domains()).as_deref(),
+            Some("files.example")
+        );
+        for bad in [
+            "[upload]\ndomain = \"localhost\"\n",
+            "[upload]\ndomain = \"a@b\"\n",
+            "[upload]\nexpire_days = -1\n",
+            "[upload]\nslot_ttl_secs = 0\n",
+            "[upload]\nallowed_types = [\"image\"]\n",
+            "[upload]\nmax_file_size = 18446744073709551615\n",
+        ] {
+            assert!(load(bad).is_err(), "{bad}");
         }
     }
 }

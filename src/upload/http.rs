@@ -80,7 +80,7 @@ async fn preflight() -> Response {
             ),
             (
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                "Content-Type, Authorization",
+                "Content-Type, Authorization, Range",
             ),
             (header::ACCESS_CONTROL_MAX_AGE, "86400"),
         ],
