@@ -55,6 +55,7 @@ pub struct Config {
     pub websocket: WebSocket,
     /// XEP-0363 HTTP File Upload (`src/upload/config.rs`).
     pub upload: crate::upload::UploadConfig,
+    pub bosh: Bosh,
 }
 
 /// The HTTP module as a whole (the listeners are `listen.http` / `listen.https`).
@@ -306,6 +307,7 @@ impl Default for Config {
             http: Http::default(),
             websocket: WebSocket::default(),
             upload: Default::default(),
+            bosh: Bosh::default(),
         }
     }
 }
@@ -361,6 +363,35 @@ impl Default for ExtDisco {
             secret: Secret::default(),
             ttl_secs: 86400,
             services: Vec::new(),
+        }
+    }
+}
+
+/// XEP-0124/0206 BOSH at `/http-bind` (`src/http/bosh`): what a client may ask for, capped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bosh {
+    /// Longest a request is held waiting for data (the client's 'wait' is lowered to this).
+    pub max_wait_secs: u64,
+    /// A session with no request pending for this long is dropped, like a lost TCP connection.
+    pub max_inactivity_secs: u64,
+    /// Most requests held at once (the client's 'hold' is lowered to this); 'requests' is one more.
+    pub max_hold: u64,
+    /// Longest temporary pause (XEP-0124 §12 'pause') a client may ask for; 0 disables pausing.
+    pub max_pause_secs: u64,
+    /// Bytes of server output queued for a client that is not polling before the session is
+    /// ended as a slow consumer.
+    pub max_queue_bytes: usize,
+}
+
+impl Default for Bosh {
+    fn default() -> Self {
+        Bosh {
+            max_wait_secs: 120,
+            max_inactivity_secs: 60,
+            max_hold: 1,
+            max_pause_secs: 120,
+            max_queue_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -639,6 +670,9 @@ impl Config {
         }
         if self.push.response_timeout_secs == 0 {
             return bad("push.response_timeout_secs: must be positive".into());
+        }
+        if self.bosh.max_wait_secs == 0 || self.bosh.max_inactivity_secs == 0 {
+            return bad("bosh: max_wait_secs and max_inactivity_secs must be positive".into());
         }
         for svc in &self.extdisco.services {
             if svc.kind.is_empty() || svc.host.is_empty() {

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::server::ServerState;
 
+pub mod bosh;
 pub mod hostmeta;
 pub mod websocket;
 
@@ -43,6 +44,7 @@ pub fn router(state: &Arc<ServerState>) -> Router {
         .merge(websocket::routes(state.clone()))
         .merge(hostmeta::routes(state.clone()))
         .merge(crate::upload::routes(state.clone()))
+        .merge(bosh::routes(state.clone()))
 }
 
 /// The base URL clients use to reach this server's HTTP module (no trailing slash):
