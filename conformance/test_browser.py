@@ -5,19 +5,22 @@ Converse.js from local files only; tests/browser/driver.mjs drives Chromium with
 playwright-core (no browser download), one step per command, while this test runs the
 other side with slixmpp and decides the order:
 
-1. Converse logs in over RFC 7395 WebSocket and opens a chat with the slixmpp user;
+1. Converse logs in over RFC 7395 WebSocket (and, in a second run, over XEP-0206 BOSH) and
+   opens a chat with the slixmpp user;
 2. it sends a message, which slixmpp receives; slixmpp replies, Converse shows the reply;
 3. a file is sent through Converse's upload button: XEP-0363 slot, CORS PUT from the
    page's origin, a message carrying the GET URL (body and XEP-0066 OOB); slixmpp
    downloads that URL and compares it byte for byte with the file; Converse shows the
    image, fetched by its own GET;
-4. a screenshot is saved in conformance/artifacts/ (its path is printed).
+4. a screenshot is saved in conformance/artifacts/ (its path is printed);
+5. the page opened only the transport under test and requested nothing beyond loopback.
 
-Transport: wss:// and https:// on the server's HTTPS listener (its self-signed certificate
-accepted by the browser), the server at its defaults (`c2s.require_tls` on). That is the
-path a client takes when no reverse proxy is in front, and it needs no setting weakened for
-the test; the plain listener behind a TLS-terminating proxy (`http.trust_plain_http`)
-differs only in how the server decides that the stream is confidential.
+Transport: wss:// (or BOSH over https://) and the upload's https:// URLs, all on the
+server's HTTPS listener (its self-signed certificate accepted by the browser), the server at
+its defaults (`c2s.require_tls` on). That is the path a client takes when no reverse proxy is
+in front, and it needs no setting weakened for the test; the plain listener behind a
+TLS-terminating proxy (`http.trust_plain_http`) differs only in how the server decides that
+the stream is confidential.
 
 Chromium missing: skipped with the reason, except under CI (`CI=true`), where it fails.
 """
@@ -192,18 +195,23 @@ def oob_url(message) -> str | None:
 # --------------------------------------------------------------------------
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("transport", ["websocket", "bosh"])
 def test_converse_chat_and_file_upload(browser_ready, make_server, accounts, page_server,
-                                       tmp_path):
+                                       tmp_path, transport):
     server = make_server()
     web, peer = accounts(server, "web", "peer")
     web_jid, peer_jid = server.jid(web), server.jid(peer)
-    ws_url = f"wss://localhost:{server.https_port}/xmpp-websocket"
-    query = urllib.parse.urlencode({"ws": ws_url, "jid": web_jid, "password": PASSWORD})
+    if transport == "websocket":
+        service = ("ws", f"wss://localhost:{server.https_port}/xmpp-websocket")
+    else:
+        service = ("bosh", f"https://localhost:{server.https_port}/http-bind")
+    query = urllib.parse.urlencode({service[0]: service[1], "jid": web_jid,
+                                    "password": PASSWORD})
     page_url = f"{page_server}/index.html?{query}#converse/chat?jid={peer_jid}"
 
     backend = os.environ.get("CONF_DB", "sqlite")
     ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / f"converse-{backend}.png"
+    screenshot = ARTIFACTS / f"converse-{transport}-{backend}.png"
     image = noise_png()
     image_path = tmp_path / "noise.png"
     image_path.write_bytes(image)
@@ -258,8 +266,16 @@ def test_converse_chat_and_file_upload(browser_ready, make_server, accounts, pag
                 files = [m for m in shown if url in m["links"]]
                 assert len(files) == 1 and files[0]["sender"] == "me", shown
 
-                external = (await browser.call("external_requests"))["urls"]
-                assert external == [], f"the page reached beyond loopback: {external}"
+                # Only the transport under test, nothing from the internet.
+                net = await browser.call("network")
+                assert net["external"] == [], f"the page reached beyond loopback: {net}"
+                bosh_posts = [u for u in net["posts"] if u.endswith("/http-bind")]
+                if transport == "websocket":
+                    assert net["websockets"] and set(net["websockets"]) == {service[1]}, net
+                    assert bosh_posts == [], net
+                else:
+                    assert net["websockets"] == [], net
+                    assert bosh_posts and set(bosh_posts) == {service[1]}, net
             finally:
                 await browser.stop()
 

@@ -16,7 +16,8 @@
 //                                             replies with the URL the sent message links to
 //   {"cmd": "wait_image", "url": U}           the image at U is rendered (downloaded by GET)
 //   {"cmd": "messages"}                       the chat's messages (sender, text, links)
-//   {"cmd": "external_requests"}              URLs the page requested beyond loopback
+//   {"cmd": "network"}                        URLs requested beyond loopback, WebSockets
+//                                             opened, POSTs made (BOSH)
 //   {"cmd": "screenshot", "path": P}
 //   {"cmd": "close"}
 import { chromium } from 'playwright-core';
@@ -46,6 +47,8 @@ let context = null;
 let page = null;
 let profile = null;
 const external = []; // requests the page made to anything but loopback
+const websockets = []; // WebSocket URLs the page opened
+const posts = []; // URLs the page POSTed to (BOSH)
 const LOOPBACK = new Set(['localhost', '127.0.0.1', '[::1]']);
 
 function log(...parts) {
@@ -72,9 +75,11 @@ const commands = {
     page.on('request', (r) => {
       const url = new URL(r.url());
       if (/^(https?|wss?):$/.test(url.protocol) && !LOOPBACK.has(url.hostname)) external.push(r.url());
+      if (r.method() === 'POST') posts.push(r.url());
     });
     page.on('response', (r) => r.status() >= 400 && log('[http]', r.status(), r.request().method(), r.url()));
     page.on('websocket', (ws) => {
+      websockets.push(ws.url());
       log('[websocket] open', ws.url());
       ws.on('close', () => log('[websocket] closed', ws.url()));
     });
@@ -146,8 +151,8 @@ const commands = {
     return { messages };
   },
 
-  async external_requests() {
-    return { urls: external };
+  async network() {
+    return { external, websockets, posts };
   },
 
   async screenshot({ path }) {
