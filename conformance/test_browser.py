@@ -197,7 +197,7 @@ def oob_url(message) -> str | None:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("transport", ["websocket", "bosh"])
 def test_converse_chat_and_file_upload(browser_ready, make_server, accounts, page_server,
-                                       tmp_path, transport):
+                                       tmp_path, capsys, transport):
     server = make_server()
     web, peer = accounts(server, "web", "peer")
     web_jid, peer_jid = server.jid(web), server.jid(peer)
@@ -254,7 +254,8 @@ def test_converse_chat_and_file_upload(browser_ready, make_server, accounts, pag
                 # The browser shows the image it fetched itself, then the screenshot.
                 await browser.call("wait_image", url=url)
                 await browser.call("screenshot", path=str(screenshot))
-                print(f"\nscreenshot: {screenshot}")
+                with capsys.disabled():   # shown even when pytest captures output
+                    print(f"\n    screenshot: {screenshot}")
 
                 # What the chat shows, attributed to the right senders.
                 shown = (await browser.call("messages"))["messages"]
