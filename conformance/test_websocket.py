@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import struct
+import time
 import urllib.request
 import xml.etree.ElementTree as ET
 
@@ -241,6 +242,16 @@ def test_session_replaced_gets_stream_error_then_close(ws_server, accounts):
     run(scenario())
 
 
+def test_server_shutdown_is_a_stream_error_over_the_websocket(make_server, accounts):
+    srv = make_server(extra_sections={"http": {"trust_plain_http": True}})
+    (a,) = accounts(srv, "wsq")
+    ws = WsStream(srv)
+    ws.login(a, PASSWORD)
+    assert srv.stop() == 0
+    # Everything the server sent before exiting is buffered on our side.
+    assert ws.expect_stream_error() == "system-shutdown"
+
+
 # --------------------------------------------------------------------------
 # Refusals
 # --------------------------------------------------------------------------
@@ -250,6 +261,37 @@ def test_handshake_without_xmpp_subprotocol_is_refused(ws_server, protocols):
     with pytest.raises(InvalidStatus) as e:
         WsStream(ws_server, subprotocols=protocols)
     assert e.value.response.status_code == 501
+
+
+def test_connection_limit_counts_a_websocket_once_and_frees_it(make_server, accounts):
+    """limits.max_connections = 2: a logged-in WebSocket holds one permit, the HTTP request
+    for a second holds the other, so the second upgrade is refused (503); once the first
+    WebSocket is closed, its permit is back."""
+    srv = make_server(extra_sections={"http": {"trust_plain_http": True},
+                                      "limits": {"max_connections": 2}})
+    (a,) = accounts(srv, "wsn")
+    first = WsStream(srv)
+    first.login(a, PASSWORD, "one")
+    with pytest.raises(InvalidStatus) as e:
+        WsStream(srv)
+    assert e.value.response.status_code == 503
+    first.send(f"<close xmlns='{NS_FRAMING}'/>")
+    first.expect(q(NS_FRAMING, "close"))
+    assert first.close_code() == 1000
+    # The session task may drop its share of the permit a moment after the close handshake.
+    for _ in range(50):
+        try:
+            second = WsStream(srv)
+            break
+        except InvalidStatus as e:
+            assert e.response.status_code == 503
+            time.sleep(0.1)
+    else:
+        raise AssertionError("the first WebSocket's connection permit never came back")
+    try:
+        assert second.login(a, PASSWORD, "two") == f"{a}@localhost/two"
+    finally:
+        second.close()
 
 
 @pytest.mark.parametrize("frame,condition", [
@@ -371,13 +413,20 @@ def test_csi_holds_chat_states_while_inactive(ws_server, accounts):
             try:
                 jid = await io(ws.login, a, PASSWORD)
                 ws.send(f"<inactive xmlns='{NS_CSI}'/>")
+                # Processed in order (XEP-0352 §5.1): inactive once the ping is answered.
+                ws.send("<iq xmlns='jabber:client' type='get' id='p1' to='localhost'>"
+                        "<ping xmlns='urn:xmpp:ping'/></iq>")
+                await io(read_until, ws, lambda e: e.get("id") == "p1", "ping reply")
                 tcp.send_raw(f"<message to='{jid}' type='chat'>"
                              f"<composing xmlns='{NS_CHATSTATES}'/></message>")
                 ping = await tcp.iq_xml("<iq type='get' to='localhost'>"
                                         "<ping xmlns='urn:xmpp:ping'/></iq>")
                 assert ping["type"] == "result"
-                with pytest.raises(TimeoutError):
-                    await io(ws.read_element, 1.0)
+                try:
+                    early = await io(ws.read_element, 1.0)
+                except TimeoutError:
+                    early = None
+                assert early is None, f"delivered while inactive: {ET.tostring(early)!r}"
                 ws.send(f"<active xmlns='{NS_CSI}'/>")
                 held = await io(read_until, ws, lambda e: e.tag == q(NS_CLIENT, "message"),
                                 "held chat state")

@@ -109,6 +109,19 @@ pub async fn run_virtual(
         tracing::warn!(%peer, "connection limit reached; refusing");
         return;
     };
+    run_virtual_holding(state, pipe, peer, secure, permit).await
+}
+
+/// [`run_virtual`] for an adapter that took the connection permit itself (so it can refuse
+/// before accepting, and share the permit to keep it until its own last frame is out:
+/// shutdown waits for every permit). `guard` is dropped when the stream ends.
+pub async fn run_virtual_holding<G: Send + 'static>(
+    state: Arc<ServerState>,
+    pipe: tokio::io::DuplexStream,
+    peer: SocketAddr,
+    secure: bool,
+    guard: G,
+) {
     let io = Transport::Virtual(Box::new(VirtualIo::new(pipe, secure)));
     let mut conn = Conn::new(state, io, peer);
     let end = match Box::pin(negotiate::negotiate(&mut conn)).await {
@@ -116,7 +129,7 @@ pub async fn run_virtual(
         Err(end) => end,
     };
     Box::pin(conn.finish(end)).await;
-    drop(permit);
+    drop(guard);
 }
 
 /// Why a stream ends.

@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
 use super::{Peer, Secure};
@@ -47,12 +48,14 @@ const SUBPROTOCOL: &str = "xmpp";
 /// burst of stanzas, small enough that a stalled side holds little memory.
 const PIPE_BUFFER: usize = 64 * 1024;
 /// Bytes read from the pipe at once.
-const READ_CHUNK: usize = 8 * 1024;
+const READ_CHUNK: usize = 4 * 1024;
 /// The WebSocket layer's read buffer, allocated per connection up front (its default,
 /// 128 KiB, would dwarf an idle session's footprint); larger messages grow it as needed.
-const WS_READ_BUFFER: usize = 8 * 1024;
+const WS_READ_BUFFER: usize = 4 * 1024;
 /// How long the closing handshake may take once we have sent our Close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a connection with unread input is kept open after our Close (see `serve`).
+const LINGER: Duration = Duration::from_secs(2);
 
 pub fn routes(state: Arc<ServerState>) -> Router {
     Router::new().route(PATH, get(upgrade)).with_state(state)
@@ -74,12 +77,19 @@ async fn upgrade(
         )
             .into_response();
     }
+    // One connection permit for the WebSocket and its session together, held by both until
+    // each is done, so shutdown waits until the last frame (`<system-shutdown/>`) is out.
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "connection limit reached; refusing WebSocket");
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let permit = Arc::new(permit);
     let max = state.limits.max_stanza_size;
     let secure = secure.stream_secure(&state);
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(WS_READ_BUFFER)
-        .on_upgrade(move |socket| serve(state, socket, peer, secure))
+        .on_upgrade(move |socket| serve(state, socket, peer, secure, permit))
 }
 
 /// Why the adapter stops.
@@ -94,9 +104,21 @@ enum Stop {
     Timeout,
 }
 
-async fn serve(state: Arc<ServerState>, mut ws: WebSocket, peer: SocketAddr, secure: bool) {
+async fn serve(
+    state: Arc<ServerState>,
+    mut ws: WebSocket,
+    peer: SocketAddr,
+    secure: bool,
+    permit: Arc<OwnedSemaphorePermit>,
+) {
     let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
-    tokio::spawn(crate::c2s::run_virtual(state.clone(), theirs, peer, secure));
+    tokio::spawn(crate::c2s::run_virtual_holding(
+        state.clone(),
+        theirs,
+        peer,
+        secure,
+        permit.clone(),
+    ));
     let (rd, wr) = tokio::io::split(ours);
     let mut adapter = Adapter {
         inbound: Inbound::new(state.limits.clone()),
@@ -137,9 +159,16 @@ async fn serve(state: Arc<ServerState>, mut ws: WebSocket, peer: SocketAddr, sec
             };
             if matches!(timeout(CLOSE_GRACE, send).await, Ok(Ok(()))) {
                 close(&mut ws).await;
+                if matches!(e, FrameError::TooLarge) {
+                    // The rest of the oversized message is still unread: closing the socket
+                    // now would reset the connection, and a reset can discard the error and
+                    // Close we just sent before the client reads them. Give it time to.
+                    tokio::time::sleep(LINGER).await;
+                }
             }
         }
     }
+    drop(permit);
 }
 
 /// The WebSocket closing handshake (RFC 6455 §7): our Close, then wait briefly for theirs.
