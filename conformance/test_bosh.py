@@ -3,6 +3,7 @@
 
 import asyncio
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -65,6 +66,18 @@ def test_session_creation_response(bosh_server):
         # An older client version is echoed (the lower of both).
         c2 = BoshClient(bosh_server)
         assert (await c2.create(ver="1.6")).body.get("ver") == "1.6"
+        # §11: a polling session (hold 0) may make one request at a time and gets more
+        # inactivity than the polling interval.
+        b = (await BoshClient(bosh_server).create(hold=0)).body
+        assert b.get("hold") == "0" and b.get("requests") == "1", ET.tostring(b)
+        assert int(b.get("inactivity")) > 60, "bosh.max_inactivity_secs plus the polling interval"
+        # §7.1 'content': the Content-Type of every response in the session.
+        c3 = BoshClient(bosh_server)
+        r = await c3.request(to="localhost", wait=1, hold=1, ver="1.11",
+                             content="text/plain; charset=utf-8")
+        assert r.headers["content-type"] == "text/plain; charset=utf-8"
+        c3.sid = r.body.get("sid")
+        assert (await c3.request()).headers["content-type"] == "text/plain; charset=utf-8"
     run(scenario())
 
 
@@ -74,9 +87,9 @@ def test_unknown_host_and_bad_requests(bosh_server):
         r = await c.create(to="elsewhere.example")
         assert r.status == 200 and r.terminated and r.condition == "host-unknown", r.text
         r = await c.post("<body rid='1' xmlns='urn:wrong'/>")
-        assert r.status == 400 and r.condition == "bad-request", r.text
+        assert r.status == 200 and r.terminated and r.condition == "bad-request", r.text
         r = await c.post(f"<body rid='1' xmlns='{NS_HTTPBIND}'><!-- no --></body>")
-        assert r.status == 400 and r.condition == "bad-request"
+        assert r.status == 200 and r.condition == "bad-request"
         big = "x" * (300 * 1024 * 4)
         r = await c.post(f"<body rid='1' xmlns='{NS_HTTPBIND}'><m>{big}</m></body>")
         assert r.status == 413
@@ -192,6 +205,27 @@ def test_repeated_rid_gets_the_cached_response(bosh_server, accounts):
     run(scenario())
 
 
+def test_resent_held_request_replaces_the_first(bosh_server, accounts):
+    """§14.3: a rid received again before it was answered: the first copy gets a
+    recoverable error, the new one is held and gets the data."""
+    a_name, b_name = accounts(bosh_server, "bha", "bhb")
+
+    async def scenario():
+        async with online(bosh_server, b_name, PASSWORD, resource="tcp") as b:
+            c = BoshClient(bosh_server)
+            jid = await c.login(a_name, PASSWORD)
+            xml = c.body()
+            first = asyncio.create_task(c.post(xml))
+            await asyncio.sleep(0.3)
+            second = asyncio.create_task(c.post(xml))
+            r1 = await first
+            assert r1.status == 200 and r1.body.get("type") == "error", r1.text
+            b.send_message(jid, "to the second copy")
+            r2 = await second
+            assert any(is_message("to the second copy")(p) for p in r2.payloads), r2.text
+    run(scenario())
+
+
 def test_rid_beyond_window_terminates(bosh_server, accounts):
     (a_name,) = accounts(bosh_server, "bob")
 
@@ -202,6 +236,12 @@ def test_rid_beyond_window_terminates(bosh_server, accounts):
         assert r.status == 200 and r.terminated and r.condition == "item-not-found", r.text
         r = await c.request()
         assert r.terminated and r.condition == "item-not-found", "the session must be gone"
+        # §17.1: a legacy client (no 'ver') gets the HTTP code the condition supersedes.
+        legacy = BoshClient(bosh_server)
+        r = await legacy.create(ver=None)
+        assert r.status == 200 and r.body.get("ver") is None, r.text
+        r = await legacy.post(legacy.body(rid=legacy.rid + 10))
+        assert r.status == 404 and r.condition == "item-not-found", (r.status, r.text)
     run(scenario())
 
 

@@ -72,6 +72,11 @@ impl Reframer {
         })
     }
 
+    /// Release buffer capacity while nothing is buffered (idle sessions are the many).
+    pub fn shrink(&mut self) {
+        self.parser.shrink();
+    }
+
     /// The client restarted the stream (after SASL success): the server's next output is a
     /// new header. Call when the client's restart request arrives: the server answers only
     /// after it, so everything before it was already framed.

@@ -384,4 +384,33 @@ mod tests {
             &b"<body xmlns='http://jabber.org/protocol/httpbind' type='terminate' condition='item-not-found'><x xmlns='y'/></body>"[..]
         );
     }
+
+    /// The network never panics the server: mangled bodies are refused, never a crash.
+    #[test]
+    fn mutated_bodies_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let seed = "<?xml version='1.0'?><body rid='5' sid='S' xmpp:restart='true' \
+             xmlns='http://jabber.org/protocol/httpbind' xmlns:xmpp='urn:xmpp:xbosh'>\
+             <message to='a@b' xmlns='jabber:client'><body>h\u{e9}llo &amp;</body></message>\
+             <presence/></body>";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let alphabet = b"<>/='\"?! :&;abx\xc3\xa9\t";
+        for _ in 0..20_000 {
+            let mut b = seed.as_bytes().to_vec();
+            for _ in 0..rng.gen_range(1..4) {
+                let i = rng.gen_range(0..b.len());
+                match rng.gen_range(0..3) {
+                    0 => b[i] = alphabet[rng.gen_range(0..alphabet.len())],
+                    1 => {
+                        b.remove(i);
+                    }
+                    _ => b.truncate(i),
+                }
+                if b.is_empty() {
+                    break;
+                }
+            }
+            let _ = parse(&b, &Limits::default());
+        }
+    }
 }

@@ -63,7 +63,8 @@ pub(crate) struct Bosh {
 /// How a handler reaches a session's actor.
 #[derive(Clone)]
 struct Handle {
-    tx: mpsc::Sender<session::Incoming>,
+    /// Boxed: the channel allocates its slots in blocks of 32 and keeps one per session.
+    tx: mpsc::Sender<Box<session::Incoming>>,
     /// Created over a confidential connection: later requests must be too (§21.1).
     secure: bool,
 }
@@ -199,12 +200,9 @@ async fn handle_post(
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "BOSH request refused");
-            // Not a BOSH request at all: whether the client is legacy cannot be known.
-            return Reply {
-                status: StatusCode::BAD_REQUEST,
-                ..Reply::terminate("bad-request", false)
-            }
-            .into_response();
+            // §17.2: HTTP 200 with the binding condition. Whether the client is legacy
+            // (and would want 400) cannot be known from a body that does not parse.
+            return Reply::terminate("bad-request", false).into_response();
         }
     };
     let secure = secure.stream_secure(&bosh.state);
@@ -224,7 +222,7 @@ async fn handle_post(
     let (reply, rx) = oneshot::channel();
     if handle
         .tx
-        .send(session::Incoming { req, reply })
+        .send(Box::new(session::Incoming { req, reply }))
         .await
         .is_err()
     {

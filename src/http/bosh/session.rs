@@ -90,7 +90,7 @@ pub(crate) struct Actor {
     p: Params,
     domain: String,
     lang: String,
-    rx: mpsc::Receiver<Incoming>,
+    rx: mpsc::Receiver<Box<Incoming>>,
     rd: ReadHalf<DuplexStream>,
     wr: WriteHalf<DuplexStream>,
     /// Bytes for the session core, not yet written into the pipe.
@@ -98,7 +98,7 @@ pub(crate) struct Actor {
     reframer: Reframer,
     window: Window,
     /// Requests that arrived ahead of a missing rid.
-    early: BTreeMap<u64, Incoming>,
+    early: BTreeMap<u64, Box<Incoming>>,
     held: VecDeque<Held>,
     queue: Vec<Bytes>,
     queue_bytes: usize,
@@ -122,7 +122,6 @@ pub(crate) struct Actor {
 /// stream features are there.
 pub(crate) async fn create(bosh: Arc<Bosh>, req: Request, peer: SocketAddr, secure: bool) -> Reply {
     let state = bosh.state.clone();
-    let cfg = &state.config.bosh;
     let legacy = req.ver.is_none();
     let domain = match req.to.as_deref().map(str::to_ascii_lowercase) {
         None => return Reply::terminate("improper-addressing", legacy),
@@ -130,23 +129,64 @@ pub(crate) async fn create(bosh: Arc<Bosh>, req: Request, peer: SocketAddr, secu
         Some(d) if !state.domains.contains(&d) => return Reply::terminate("host-unknown", legacy),
         Some(d) => d,
     };
-    let hold = req.hold.unwrap_or(1).min(cfg.max_hold);
-    let wait = req.wait.unwrap_or(cfg.max_wait_secs).min(cfg.max_wait_secs);
-    let requests = hold + 1;
-    let inactivity = cfg.max_inactivity_secs + if hold == 0 { POLLING_SECS } else { 0 };
     let sid = format!(
         "{}{}",
         crate::stanza::random_id(),
         crate::stanza::random_id()
     );
+    let (p, attrs) = negotiate(&state, &req, &sid, &domain);
+    let (client, server) = tokio::io::duplex(PIPE_BUF);
+    tokio::spawn(crate::c2s::run_virtual(state.clone(), server, peer, secure));
+    let (tx, rx) = mpsc::channel(8);
+    let lang = req.lang.clone().unwrap_or_else(|| "en".into());
+    let mut actor = Actor::new(
+        bosh.clone(),
+        sid.clone(),
+        p,
+        domain,
+        lang,
+        rx,
+        client,
+        req.rid,
+    );
+    actor.creation_attrs = Some(attrs);
+    actor.write_header();
+    let (reply, answer) = oneshot::channel();
+    actor.held.push_back(Held {
+        rid: req.rid,
+        reply,
+        deadline: Instant::now() + CREATION_WAIT,
+        creation: true,
+    });
+    bosh.insert(sid.clone(), Handle { tx, secure });
+    tracing::debug!(%peer, sid = %sid, "BOSH session created");
+    tokio::spawn(actor.run());
+    answer
+        .await
+        .unwrap_or_else(|_| Reply::terminate("internal-server-error", legacy))
+}
+
+/// The session's parameters from the client's wishes and `[bosh]` (§7.2: 'wait' and 'hold'
+/// only lowered; 'requests' is 'hold' + 1), and the creation response's attributes.
+fn negotiate(
+    state: &crate::server::ServerState,
+    req: &Request,
+    sid: &str,
+    domain: &str,
+) -> (Params, Vec<(&'static str, String)>) {
+    let cfg = &state.config.bosh;
+    let hold = req.hold.unwrap_or(1).min(cfg.max_hold);
+    let wait = req.wait.unwrap_or(cfg.max_wait_secs).min(cfg.max_wait_secs);
+    let requests = hold + 1;
+    let inactivity = cfg.max_inactivity_secs + if hold == 0 { POLLING_SECS } else { 0 };
     let mut attrs: Vec<(&'static str, String)> = vec![
-        ("sid", sid.clone()),
+        ("sid", sid.to_owned()),
         ("wait", wait.to_string()),
         ("requests", requests.to_string()),
         ("hold", hold.to_string()),
         ("inactivity", inactivity.to_string()),
         ("polling", POLLING_SECS.to_string()),
-        ("from", domain.clone()),
+        ("from", domain.to_owned()),
         ("xmlns:xmpp", super::NS_XBOSH.to_string()),
         ("xmpp:version", "1.0".to_string()),
         ("xmpp:restartlogic", "true".to_string()),
@@ -165,60 +205,16 @@ pub(crate) async fn create(bosh: Arc<Bosh>, req: Request, peer: SocketAddr, secu
         requests: requests as usize,
         inactivity: Duration::from_secs(inactivity),
         max_pause: cfg.max_pause_secs,
-        legacy,
+        legacy: req.ver.is_none(),
         content_type: req
             .content
             .as_deref()
             .and_then(|c| HeaderValue::from_str(c).ok()),
         max_queue: cfg.max_queue_bytes,
-        max_input: super::max_body(&state),
+        max_input: super::max_body(state),
         keepalive: Duration::from_secs((state.config.c2s.idle_timeout_secs / 2).max(1)),
     };
-    let (client, server) = tokio::io::duplex(PIPE_BUF);
-    tokio::spawn(crate::c2s::run_virtual(state.clone(), server, peer, secure));
-    let (rd, wr) = tokio::io::split(client);
-    let (tx, rx) = mpsc::channel(8);
-    let now = Instant::now();
-    let mut actor = Actor {
-        bosh: bosh.clone(),
-        sid: sid.clone(),
-        domain,
-        lang: req.lang.clone().unwrap_or_else(|| "en".into()),
-        rx,
-        rd,
-        wr,
-        to_server: BytesMut::new(),
-        reframer: Reframer::new(),
-        window: Window::new(req.rid, p.requests as u64),
-        early: BTreeMap::new(),
-        held: VecDeque::new(),
-        queue: Vec::new(),
-        queue_bytes: 0,
-        creation_attrs: Some(attrs),
-        authid: None,
-        idle_since: now,
-        inactivity: p.inactivity,
-        last_input: now,
-        eof: false,
-        closing: None,
-        pending_terminate: None,
-        done: false,
-        p,
-    };
-    actor.write_header();
-    let (reply, answer) = oneshot::channel();
-    actor.held.push_back(Held {
-        rid: req.rid,
-        reply,
-        deadline: now + CREATION_WAIT,
-        creation: true,
-    });
-    bosh.insert(sid.clone(), Handle { tx, secure });
-    tracing::debug!(%peer, sid = %sid, hold, wait, "BOSH session created");
-    tokio::spawn(actor.run());
-    answer
-        .await
-        .unwrap_or_else(|_| Reply::terminate("internal-server-error", legacy))
+    (p, attrs)
 }
 
 /// Read what the session wrote into the reframer. The buffer is on the stack of one poll,
@@ -243,6 +239,47 @@ async fn read_into(
 }
 
 impl Actor {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        bosh: Arc<Bosh>,
+        sid: String,
+        p: Params,
+        domain: String,
+        lang: String,
+        rx: mpsc::Receiver<Box<Incoming>>,
+        pipe: DuplexStream,
+        first_rid: u64,
+    ) -> Actor {
+        let (rd, wr) = tokio::io::split(pipe);
+        let now = Instant::now();
+        Actor {
+            bosh,
+            sid,
+            domain,
+            lang,
+            rx,
+            rd,
+            wr,
+            to_server: BytesMut::new(),
+            reframer: Reframer::new(),
+            window: Window::new(first_rid, p.requests as u64),
+            early: BTreeMap::new(),
+            held: VecDeque::new(),
+            queue: Vec::new(),
+            queue_bytes: 0,
+            creation_attrs: None,
+            authid: None,
+            idle_since: now,
+            inactivity: p.inactivity,
+            last_input: now,
+            eof: false,
+            closing: None,
+            pending_terminate: None,
+            done: false,
+            p,
+        }
+    }
+
     async fn run(mut self) {
         while !self.done {
             let deadline = self.deadline();
@@ -257,7 +294,12 @@ impl Actor {
                     self.on_read(r).await
                 }
                 r = self.wr.write(&self.to_server), if !self.to_server.is_empty() => match r {
-                    Ok(n) => self.to_server.advance(n),
+                    Ok(n) => {
+                        self.to_server.advance(n);
+                        if self.to_server.is_empty() {
+                            self.to_server = BytesMut::new(); // no capacity kept while idle
+                        }
+                    }
                     Err(_) => {
                         self.to_server = BytesMut::new();
                         self.end_with(Some("remote-connection-failed"), Close::Remote).await;
@@ -302,7 +344,7 @@ impl Actor {
         d
     }
 
-    async fn on_request(&mut self, inc: Incoming) {
+    async fn on_request(&mut self, inc: Box<Incoming>) {
         if self.closing.is_some() {
             let reply = match self.pending_terminate.take() {
                 Some(b) => Reply::ok(b, self.p.content_type.clone()),
@@ -317,6 +359,9 @@ impl Actor {
         match self.window.classify(rid) {
             Rid::Answered(b) => {
                 let _ = inc.reply.send(Reply::ok(b, self.p.content_type.clone()));
+                if self.held.is_empty() {
+                    self.idle_since = Instant::now();
+                }
             }
             Rid::Processed => {
                 if let Some(h) = self.held.iter_mut().find(|h| h.rid == rid) {
@@ -366,8 +411,8 @@ impl Actor {
     }
 
     /// The next request in rid order: its payloads go into the stream, then it is held.
-    async fn process(&mut self, inc: Incoming) {
-        let Incoming { req, reply } = inc;
+    async fn process(&mut self, inc: Box<Incoming>) {
+        let Incoming { req, reply } = *inc;
         self.window.advance();
         let now = Instant::now();
         if req.restart {
@@ -397,20 +442,7 @@ impl Actor {
             return self.end_with(None, Close::Clean).await;
         }
         if let Some(pause) = req.pause.filter(|_| self.p.max_pause > 0) {
-            // §12: answer everything now; the pause response carries no payloads and is
-            // not remembered.
-            while let Some(h) = self.held.pop_front() {
-                let payloads = std::mem::take(&mut self.queue);
-                self.queue_bytes = 0;
-                self.answer(h, &payloads);
-            }
-            let _ = reply.send(Reply::ok(
-                body::response(&[], &[]),
-                self.p.content_type.clone(),
-            ));
-            self.idle_since = now;
-            self.inactivity = Duration::from_secs(pause.min(self.p.max_pause));
-            return;
+            return self.pause(pause, reply);
         }
         self.held.push_back(Held {
             rid: req.rid,
@@ -428,6 +460,22 @@ impl Actor {
             self.answer(h, &payloads);
         }
         self.pump();
+    }
+
+    /// §12: answer everything now; the pause response carries no payloads and is not
+    /// remembered. The inactivity limit is the pause until the next request.
+    fn pause(&mut self, secs: u64, reply: oneshot::Sender<Reply>) {
+        while let Some(h) = self.held.pop_front() {
+            let payloads = std::mem::take(&mut self.queue);
+            self.queue_bytes = 0;
+            self.answer(h, &payloads);
+        }
+        let _ = reply.send(Reply::ok(
+            body::response(&[], &[]),
+            self.p.content_type.clone(),
+        ));
+        self.idle_since = Instant::now();
+        self.inactivity = Duration::from_secs(secs.min(self.p.max_pause));
     }
 
     /// Queued output goes out on the oldest held request.
@@ -512,6 +560,7 @@ impl Actor {
                 }
             }
         }
+        self.reframer.shrink();
         self.pump();
     }
 
