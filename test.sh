@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests (cargo test, storage tests on SQLite and
 # PostgreSQL), the XSD validator self-test, and the slixmpp conformance suite on both
-# databases. Installs what it needs (Debian packages, a Python venv) on first run.
+# databases (with Converse.js in headless Chromium). Installs what it needs (Debian packages,
+# the browser test's npm packages, a Python venv) on first run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
