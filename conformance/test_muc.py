@@ -141,7 +141,7 @@ def test_muc_service_discovery(server):
             ident = info.xml.find(f".//{{{NS_INFO}}}identity")
             assert (ident.get("category"), ident.get("type")) == ("conference", "text")
             feats = {f.get("var") for f in info.xml.iter(f"{{{NS_INFO}}}feature")}
-            assert {NS_MUC, NS_OID} <= feats
+            assert {NS_MUC, NS_OID, NS_MUC + "#stable_id"} <= feats
     run(go())
 
 
@@ -485,6 +485,15 @@ def test_muc_iq_to_an_occupant_is_forwarded(server):
                                f"<query xmlns='jabber:iq:version'/></iq>")
             assert r["type"] == "result", r
             assert r.xml.get("from") == f"{room}/Alice"
+            # vCards are the user's: answered from Alice's stored vCard, from her occupant JID.
+            r = await b.iq_xml(f"<iq type='get' to='{room}/Alice'><vCard xmlns='vcard-temp'/></iq>")
+            assert error_condition(r.xml) == "service-unavailable"
+            r = await a.iq_xml("<iq type='set'><vCard xmlns='vcard-temp'><FN>Alice A.</FN>"
+                               "</vCard></iq>")
+            assert r["type"] == "result"
+            r = await b.iq_xml(f"<iq type='get' to='{room}/Alice'><vCard xmlns='vcard-temp'/></iq>")
+            assert r["type"] == "result" and r.xml.get("from") == f"{room}/Alice"
+            assert r.xml.find("{vcard-temp}vCard/{vcard-temp}FN").text == "Alice A."
     run(go())
 
 

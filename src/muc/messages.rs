@@ -61,7 +61,6 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
     let raw = ctx.stanza.raw();
     let is_subject = contains(raw, b"<subject") && !contains(raw, b"<body");
     let logging;
-    let real = ctx.from.to_bare();
     let out = {
         let mut room = lock(room_ref);
         let Some(nick) = room.by_session.get(ctx.from) else {
@@ -100,7 +99,7 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
     }
     if logging && !is_subject {
         let room_jid = lock(room_ref).jid.clone();
-        super::archive::archived(ctx, &room_jid, &real, &out).await;
+        super::archive::archived(ctx, &room_jid, &ctx.from.to_bare(), &out).await;
     }
     Ok(())
 }

@@ -367,6 +367,7 @@ fn join(
     if let Some(o) = room.occupants.get_mut(nick) {
         o.sessions.push(session);
         o.presence = payload(el);
+        refresh(&mut room, nick);
     } else {
         let role = aff.default_role(room.config.moderated);
         let occupant_id = super::occupant_id::occupant_id(&room.secret, real.as_str());
