@@ -35,6 +35,7 @@ pub fn service_info(svc: &MucService) -> Element {
                 NS_INFO,
                 NS_ITEMS,
                 NS_MUC,
+                NS_STABLE_ID,
                 NS_OCCUPANT_ID,
                 NS_SELF_PING,
                 "urn:xmpp:ping",
