@@ -544,3 +544,31 @@ def test_muc_temporary_room_goes_with_its_last_occupant(server):
             assert r["type"] == "result"
             assert "muc_persistent" in {f.get("var") for f in r.xml.iter(f"{{{NS_INFO}}}feature")}
     run(go())
+
+
+def test_muc_crowded_room_limits_presence_broadcast(make_server):
+    srv = make_server({u: PASSWORD for u in ("alice", "bob", "carol", "dave")},
+                      extra_sections={"muc": {"max_presence_broadcast": 2}})
+
+    async def go():
+        async with client(srv, "alice") as a, client(srv, "bob") as b, \
+                client(srv, "carol") as c, client(srv, "dave") as d:
+            room = await create(a, "Alice")
+            await entered(b, room, "Bob")
+            await entered(c, room, "Carol")   # 3 occupants now: above the limit of 2
+            await a.next_presence(lambda p: from_(p) == f"{room}/Carol")
+            p = await join(d, room, "Dave")
+            assert ptype(p) != "error"
+            await subject(d, room)
+            # The moderator is told; Bob (a participant) is not.
+            await a.next_presence(lambda p: from_(p) == f"{room}/Dave")
+            await fence(a, room, b, d)
+            assert not [x for x in b.presences.items if from_(x) == f"{room}/Dave"]
+            # Dave was shown the moderators only (and himself).
+            shown = {from_(x) for x in d.arrivals if x.xml.tag == f"{{{NS_CLIENT}}}presence"}
+            assert shown == {f"{room}/Alice", f"{room}/Dave"}
+            # Messages still reach everyone.
+            d.send_message(room, "crowd", "groupchat")
+            for s in (a, b, c, d):
+                await s.next_message(lambda m: body(m) == "crowd")
+    run(go())

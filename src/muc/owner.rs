@@ -59,7 +59,7 @@ pub async fn handle(
 }
 
 async fn submit(ctx: &Ctx<'_>, room_ref: &RoomRef, x: &Element) -> Result<(), StanzaError> {
-    let limit = ctx.svc.config.max_presence_broadcast;
+    let limit = ctx.svc.presence_limit;
     let was_persistent = {
         let mut room = lock(room_ref);
         let cfg = form::apply(
