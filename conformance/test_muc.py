@@ -220,6 +220,13 @@ def test_muc_reserved_room_config_form_round_trip(server):
             assert ri["muc#roominfo_occupants"] == ["1"]
             # Non-anonymous: status 100 on entering, and everyone sees real JIDs.
             p = await entered(b, room, "Bob")
+            # §10.2.1: occupants hear of later changes (104, and 173 for semi-anonymous).
+            assert (await configure(a, room, whois="moderators"))["type"] == "result"
+            note = await b.next_message(lambda m: from_(m) == room and codes(m))
+            assert codes(note) == {104, 173}
+            assert (await configure(a, room, whois="anyone"))["type"] == "result"
+            note = await b.next_message(lambda m: from_(m) == room and codes(m))
+            assert codes(note) == {104, 172}
             assert 100 in codes(p)
             # In a moderated room a newcomer without affiliation is a visitor.
             assert item(p).get("role") == "visitor"
