@@ -8,9 +8,10 @@ use super::Ctx;
 use crate::stanza::{Condition, StanzaError};
 
 /// `destroy` is the `<destroy/>` child of the owner's query. The caller has checked that
-/// the sender is an owner. On success the room must be gone from the registry
-/// (`ctx.svc.rooms.remove`) and from storage ([`super::store::delete`]), and every
-/// occupant told with an unavailable presence carrying `<destroy/>`.
+/// the sender is an owner. On success the room must be gone from the registry (with
+/// [`super::occupants::forget`], under the room's lock, so concurrent joiners look again)
+/// and from storage ([`super::store::delete`]), and every occupant told with an
+/// unavailable presence carrying `<destroy/>`.
 pub async fn handle_destroy(
     _ctx: &Ctx<'_>,
     _room: &super::RoomRef,
