@@ -2,19 +2,32 @@
 //! an in-memory ring of `history_length` messages per room ([`super::room::Room::history`]);
 //! the archive work may store messages here and serve MAM queries to the room.
 
+use bytes::Bytes;
 use minidom::Element;
+
+use super::room::Room;
 
 use super::Ctx;
 use crate::stanza::{Condition, StanzaError};
 
-/// A groupchat message was accepted for fan-out (`bytes`: the stanza as occupants get it,
-/// from `room@service/nick`, with no 'to'). Called with the room unlocked, after the
-/// fan-out, only when the room's config has `logging` on. `real` is the sender's bare JID.
+/// Called under the room's lock, before the fan-out, for a groupchat message with a body
+/// in a room whose config has `logging` on: returns the bytes every occupant gets (e.g. with
+/// a XEP-0359 `<stanza-id by='room@service'/>` spliced in, see
+/// [`super::messages::splice_child`]) and the archive id to pass to [`archived`].
+/// Default: unchanged, no id.
+pub fn stamp(_room: &Room, bytes: Bytes) -> (Bytes, Option<String>) {
+    (bytes, None)
+}
+
+/// A groupchat message was fanned out in a logging room (`bytes`: as occupants got it, from
+/// `room@service/nick`, no 'to', after [`stamp`]). Called with the room unlocked, after the
+/// fan-out. `real` is the sender's bare JID; `id` what [`stamp`] returned.
 pub async fn archived(
     _ctx: &Ctx<'_>,
     _room_jid: &jid::BareJid,
     _real: &jid::BareJid,
-    _bytes: &bytes::Bytes,
+    _bytes: &Bytes,
+    _id: Option<&str>,
 ) {
 }
 

@@ -59,9 +59,11 @@ fn contains(raw: &[u8], needle: &[u8]) -> bool {
 
 async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError> {
     let raw = ctx.stanza.raw();
-    let is_subject = contains(raw, b"<subject") && !contains(raw, b"<body");
-    let logging;
-    let out = {
+    let has_body = contains(raw, b"<body");
+    // §8.1: a subject change is a groupchat message with a subject and no body.
+    let is_subject = !has_body && contains(raw, b"<subject");
+    let mut archive = None;
+    {
         let mut room = lock(room_ref);
         let Some(nick) = room.by_session.get(ctx.from) else {
             return Err(StanzaError::new(Condition::NotAcceptable));
@@ -72,7 +74,7 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
         }
         let may_set_subject = occ.role == Role::Moderator || room.config.change_subject;
         let from = format!("{}/{}", room.jid, occ.nick);
-        let out = outgoing(ctx, &from, &occ.occupant_id, None)?;
+        let mut out = outgoing(ctx, &from, &occ.occupant_id, None)?;
         if is_subject {
             if !may_set_subject {
                 return Err(StanzaError::new(Condition::Forbidden));
@@ -82,7 +84,12 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
                 nick: occ.nick.clone(),
                 text,
             });
-        } else if contains(raw, b"<body") {
+        } else if has_body {
+            if room.config.logging {
+                let (stamped, id) = super::archive::stamp(&room, out);
+                out = stamped;
+                archive = Some((room.jid.clone(), id, out.clone()));
+            }
             room.remember(HistoryEntry {
                 bytes: out.clone(),
                 at_ms: now_ms(),
@@ -91,15 +98,13 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
         for o in room.occupants.values() {
             o.push(&out);
         }
-        logging = room.config.logging;
-        out
-    };
+    }
     if is_subject {
         ctx.svc.persist(ctx.server, room_ref).await;
     }
-    if logging && !is_subject {
-        let room_jid = lock(room_ref).jid.clone();
-        super::archive::archived(ctx, &room_jid, &ctx.from.to_bare(), &out).await;
+    if let Some((room_jid, id, out)) = archive {
+        let real = ctx.from.to_bare();
+        super::archive::archived(ctx, &room_jid, &real, &out, id.as_deref()).await;
     }
     Ok(())
 }
