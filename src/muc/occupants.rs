@@ -56,7 +56,13 @@ pub fn presence_bytes(
     let from = format!("{}/{}", room.jid, occ.nick);
     let mut p = Element::builder("presence", NS_CLIENT).at("from", from.as_str());
     if unavailable {
-        p = p.at("type", "unavailable");
+        // §7.14: the leave's own status text goes with it.
+        p = p.at("type", "unavailable").append_all(
+            occ.presence
+                .iter()
+                .filter(|c| c.is("status", NS_CLIENT))
+                .cloned(),
+        );
     } else {
         p = p.append_all(occ.presence.iter().cloned());
     }
@@ -597,6 +603,11 @@ async fn unavailable(ctx: &Ctx<'_>, name: &str) {
             }
         } else {
             // The leave's own status text goes with the unavailable presence.
+            if let Ok(el) = ctx.stanza.element() {
+                if let Some(o) = room.occupants.get_mut(&nick) {
+                    o.presence = payload(&el);
+                }
+            }
             remove_occupant(&mut room, &nick, &[], ItemExtra::default(), limit);
         }
     }
