@@ -134,11 +134,22 @@ impl Mailbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Queue for delivery unless the queue is full, without kicking: for best-effort
+    /// stanzas whose loss the recipient can recover from (presence in crowded rooms), so a
+    /// burst of them does not disconnect a session that is merely behind.
+    pub fn offer(&self, d: Deliver) -> bool {
+        self.enqueue(d, false)
+    }
+
     /// Queue for delivery. A full queue kicks the session (slow consumer) rather than block
     /// the sender or drop silently; false when not queued.
     pub fn push(&self, d: Deliver) -> bool {
+        self.enqueue(d, true)
+    }
+
+    fn enqueue(&self, d: Deliver, kick_when_full: bool) -> bool {
         let mut m = self.lock();
-        if m.closed {
+        if m.closed || (!kick_when_full && m.queue.len() >= self.cap) {
             return false;
         }
         if m.queue.len() >= self.cap {

@@ -6,8 +6,10 @@
 //! (with and without the real JID, per `whois`), so a joiner receives N cached byte strings
 //! and a broadcast is N queue pushes. Rooms above `muc.max_presence_broadcast` occupants are
 //! "crowded": non-moderators' presence then goes to moderators only (ejabberd's
-//! max_users_presence does the same; Prosody has no such limit), which keeps joining a
-//! 10 000-occupant room O(moderators) instead of O(N).
+//! max_users_presence does the same; Prosody has no occupant-count limit, only the per-room
+//! choice of which roles' presence is broadcast), which keeps joining a 10 000-occupant room
+//! O(moderators) instead of O(N). Others' presence is best effort: an occupant whose queue
+//! is full (a mass join or leave) misses some rather than being disconnected.
 
 use bytes::Bytes;
 use jid::BareJid;
@@ -129,19 +131,19 @@ pub fn sees_jids(room: &Room, viewer: &Occupant) -> bool {
 /// crowded and `about` is not a moderator): `anon`/`full` by what each may see.
 pub fn fan_out(room: &Room, about: &str, anon: &Bytes, full: &Bytes, limit: usize) {
     let about_is_mod = room.moderators.contains(about);
-    let push = |o: &Occupant| {
-        if o.nick != about {
-            o.push(if sees_jids(room, o) { full } else { anon });
-        }
-    };
+    let pick = |o: &Occupant| if sees_jids(room, o) { full } else { anon };
+    // Best effort (offer, not push): a burst of joins or leaves must not disconnect an
+    // occupant whose queue is full; messages still do (the core's slow-consumer policy).
     if crowded(room, limit) && !about_is_mod {
         for n in &room.moderators {
-            if let Some(o) = room.occupants.get(n) {
-                push(o);
+            if let Some(o) = room.occupants.get(n).filter(|o| o.nick != about) {
+                o.offer(pick(o));
             }
         }
     } else {
-        room.occupants.values().for_each(push);
+        for o in room.occupants.values().filter(|o| o.nick != about) {
+            o.offer(pick(o));
+        }
     }
 }
 

@@ -211,6 +211,15 @@ impl Occupant {
             .count()
     }
 
+    /// Like [`Occupant::push`], but a session whose queue is full misses it instead of
+    /// being disconnected (best-effort presence in crowded rooms).
+    pub fn offer(&self, bytes: &Bytes) -> usize {
+        self.sessions
+            .iter()
+            .filter(|s| s.handle.mailbox.offer(Deliver::ToSelf(bytes.clone())))
+            .count()
+    }
+
     pub fn has_session(&self, jid: &FullJid) -> bool {
         self.sessions.iter().any(|s| &s.jid == jid)
     }

@@ -202,3 +202,24 @@ fn ten_thousand_joins_stay_far_from_quadratic_in_a_crowded_room() {
     }
     assert!(boxes.iter().all(|b| take(b).len() == 1));
 }
+
+#[test]
+fn a_mass_leave_does_not_disconnect_the_moderator_of_a_crowded_room() {
+    let mut r = room();
+    let boss = add(&mut r, "boss", Affiliation::Owner);
+    for i in 0..3000 {
+        add(&mut r, &format!("u{i}"), Affiliation::None);
+    }
+    // The moderator's queue holds 10 000 (see `add`); make it a small one.
+    let small = SessionHandle::new(2, 100);
+    let small_box = small.mailbox.clone();
+    if let Some(o) = r.occupants.get_mut("boss") {
+        o.sessions[0].handle = small;
+    }
+    let _ = take(&boss);
+    for i in 0..3000 {
+        occupants::remove_occupant(&mut r, &format!("u{i}"), &[], ItemExtra::default(), 500);
+    }
+    assert!(small_box.kick_reason().is_none(), "not disconnected");
+    assert_eq!(take(&small_box).len(), 100, "as much as its queue holds");
+}
