@@ -223,3 +223,23 @@ fn a_mass_leave_does_not_disconnect_the_moderator_of_a_crowded_room() {
     assert!(small_box.kick_reason().is_none(), "not disconnected");
     assert_eq!(take(&small_box).len(), 100, "as much as its queue holds");
 }
+
+#[test]
+fn rewrite_with_an_empty_to_removes_it() {
+    let ctx = Arc::new(crate::xml::NsContext {
+        default_ns: Some(crate::xml::NS_CLIENT.into()),
+        prefixes: Vec::new(),
+    });
+    let st = crate::xml::Stanza::parse(
+        Bytes::from_static(b"<message to='r@c' type='groupchat' id='1'><body>hi</body></message>"),
+        ctx,
+    )
+    .unwrap();
+    let out = st.rewrite(Some("r@c/n"), Some(""));
+    assert_eq!(
+        &out[..],
+        b"<message type='groupchat' id='1' from='r@c/n'><body>hi</body></message>"
+    );
+    let with_id = super::messages::splice_child(&out, "<x/>").unwrap();
+    assert!(with_id.ends_with(b"<body>hi</body><x/></message>"));
+}
