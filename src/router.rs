@@ -138,19 +138,30 @@ impl Mailbox {
     /// stanzas whose loss the recipient can recover from (presence in crowded rooms), so a
     /// burst of them does not disconnect a session that is merely behind.
     pub fn offer(&self, d: Deliver) -> bool {
-        self.enqueue(d, false)
+        self.enqueue(d, false).is_some()
     }
 
     /// Queue for delivery. A full queue kicks the session (slow consumer) rather than block
     /// the sender or drop silently; false when not queued.
     pub fn push(&self, d: Deliver) -> bool {
+        self.enqueue(d, true).is_some()
+    }
+
+    /// [`Mailbox::push`], returning how many items are queued now (None: not queued), so a
+    /// fan-out can see how far behind its recipients are without another lock.
+    pub fn push_depth(&self, d: Deliver) -> Option<usize> {
         self.enqueue(d, true)
     }
 
-    fn enqueue(&self, d: Deliver, kick_when_full: bool) -> bool {
+    /// The queue's capacity (`limits.session_queue`).
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    fn enqueue(&self, d: Deliver, kick_when_full: bool) -> Option<usize> {
         let mut m = self.lock();
         if m.closed || (!kick_when_full && m.queue.len() >= self.cap) {
-            return false;
+            return None;
         }
         if m.queue.len() >= self.cap {
             let first = m.kick.is_none();
@@ -160,15 +171,15 @@ impl Mailbox {
                 tracing::warn!("session queue full; disconnecting");
             }
             self.kicked.notify_one();
-            return false;
+            return None;
         }
         m.queue.push_back(d);
-        let wake = m.queue.len() == 1;
+        let depth = m.queue.len();
         drop(m);
-        if wake {
+        if depth == 1 {
             self.data.notify_one();
         }
-        true
+        Some(depth)
     }
 
     /// Ask the session to close with this reason (the latest reason wins).

@@ -63,6 +63,7 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
     // §8.1: a subject change is a groupchat message with a subject and no body.
     let is_subject = !has_body && contains(raw, b"<subject");
     let mut archive = None;
+    let mut deepest = 0;
     {
         let mut room = lock(room_ref);
         let Some(nick) = room.by_session.get(ctx.from) else {
@@ -96,8 +97,16 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
             });
         }
         for o in room.occupants.values() {
-            o.push(&out);
+            deepest = deepest.max(o.push_depth(&out));
         }
+    }
+    // Flow control: when a recipient is more than half a queue behind, the sender's session
+    // pauses before reading its next stanza, so a fast sender lets slow readers catch up
+    // before they reach the slow-consumer limit. A reader that stays behind is still
+    // disconnected when its queue is full, which lifts the pause for everyone.
+    let pause = ctx.svc.config.sender_pause_ms;
+    if deepest > 500 && pause > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
     }
     if is_subject {
         ctx.svc.persist(ctx.server, room_ref).await;

@@ -64,6 +64,10 @@ pub struct MucConfig {
     pub max_history: usize,
     /// Rooms in memory at most (creation beyond it is refused with resource-constraint).
     pub max_rooms: usize,
+    /// Milliseconds a groupchat sender's session pauses after a message when a recipient is
+    /// more than half a `limits.session_queue` behind (flow control before the slow-consumer
+    /// disconnect); 0: never.
+    pub sender_pause_ms: u64,
 }
 
 impl Default for MucConfig {
@@ -75,6 +79,7 @@ impl Default for MucConfig {
             max_occupants: 20_000,
             max_history: 100,
             max_rooms: 100_000,
+            sender_pause_ms: 1,
         }
     }
 }

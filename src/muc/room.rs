@@ -211,6 +211,20 @@ impl Occupant {
             .count()
     }
 
+    /// [`Occupant::push`] returning the deepest queue among its sessions afterwards, as a
+    /// fraction of capacity in per mille (0 when nothing was queued).
+    pub fn push_depth(&self, bytes: &Bytes) -> usize {
+        self.sessions
+            .iter()
+            .filter_map(|s| {
+                let m = &s.handle.mailbox;
+                m.push_depth(Deliver::ToSelf(bytes.clone()))
+                    .map(|d| d * 1000 / m.capacity().max(1))
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Like [`Occupant::push`], but a session whose queue is full misses it instead of
     /// being disconnected (best-effort presence in crowded rooms).
     pub fn offer(&self, bytes: &Bytes) -> usize {
