@@ -56,6 +56,7 @@ pub struct Config {
     pub upload: crate::upload::UploadConfig,
     pub websocket: WebSocket,
     pub bosh: Bosh,
+    pub muc: crate::muc::MucConfig,
 }
 
 /// The HTTP module as a whole (the listeners are `listen.http` / `listen.https`).
@@ -308,6 +309,7 @@ impl Default for Config {
             upload: Default::default(),
             websocket: WebSocket::default(),
             bosh: Bosh::default(),
+            muc: crate::muc::MucConfig::default(),
         }
     }
 }

@@ -50,6 +50,27 @@ pub enum Deliver {
     /// A roster push (RFC 6121 §2.1.6): only sessions that requested the roster get it; the
     /// session adds its own full JID as 'to'.
     RosterPush(Arc<minidom::Element>),
+    /// A stanza whose start tag has no 'to': the session inserts ` to='<its full JID>'`
+    /// after the element name. Lets a fan-out (XEP-0045 rooms) share one serialization
+    /// among N recipients, the per-recipient splice happening in each recipient's task.
+    ToSelf(Bytes),
+}
+
+/// `bytes` (a start tag without 'to') with ` to='jid'` inserted after the element name.
+pub fn splice_to(bytes: &[u8], jid: &str) -> Bytes {
+    let at = bytes
+        .iter()
+        .skip(1)
+        .position(|&c| matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b'>' | b'/'))
+        .map_or(bytes.len(), |p| p + 1);
+    let jid = crate::xml::escape(jid);
+    let mut v = Vec::with_capacity(bytes.len() + jid.len() + 6);
+    v.extend_from_slice(&bytes[..at]);
+    v.extend_from_slice(b" to='");
+    v.extend_from_slice(jid.as_bytes());
+    v.push(b'\'');
+    v.extend_from_slice(&bytes[at..]);
+    Bytes::from(v)
 }
 
 /// A bound session's inbox: what the router queues for it, and why it must close.
@@ -113,12 +134,34 @@ impl Mailbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Queue for delivery unless the queue is full, without kicking: for best-effort
+    /// stanzas whose loss the recipient can recover from (presence in crowded rooms), so a
+    /// burst of them does not disconnect a session that is merely behind.
+    pub fn offer(&self, d: Deliver) -> bool {
+        self.enqueue(d, false).is_some()
+    }
+
     /// Queue for delivery. A full queue kicks the session (slow consumer) rather than block
     /// the sender or drop silently; false when not queued.
     pub fn push(&self, d: Deliver) -> bool {
+        self.enqueue(d, true).is_some()
+    }
+
+    /// [`Mailbox::push`], returning how many items are queued now (None: not queued), so a
+    /// fan-out can see how far behind its recipients are without another lock.
+    pub fn push_depth(&self, d: Deliver) -> Option<usize> {
+        self.enqueue(d, true)
+    }
+
+    /// The queue's capacity (`limits.session_queue`).
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    fn enqueue(&self, d: Deliver, kick_when_full: bool) -> Option<usize> {
         let mut m = self.lock();
-        if m.closed {
-            return false;
+        if m.closed || (!kick_when_full && m.queue.len() >= self.cap) {
+            return None;
         }
         if m.queue.len() >= self.cap {
             let first = m.kick.is_none();
@@ -128,15 +171,15 @@ impl Mailbox {
                 tracing::warn!("session queue full; disconnecting");
             }
             self.kicked.notify_one();
-            return false;
+            return None;
         }
         m.queue.push_back(d);
-        let wake = m.queue.len() == 1;
+        let depth = m.queue.len();
         drop(m);
-        if wake {
+        if depth == 1 {
             self.data.notify_one();
         }
-        true
+        Some(depth)
     }
 
     /// Ask the session to close with this reason (the latest reason wins).

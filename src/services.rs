@@ -65,9 +65,12 @@ pub struct Services {
 impl Services {
     /// The services a server runs, from its configuration (each is on by default and off
     /// with an empty domain, as its config section documents).
-    pub fn standard(config: &crate::config::Config, _domains: &[String]) -> Services {
+    pub fn standard(config: &crate::config::Config, domains: &[String]) -> Services {
         let mut services = Services::default();
         services.add_opt(crate::upload::service(config));
+        if let Some(muc) = crate::muc::MucService::from_config(config, domains) {
+            services.add(Arc::new(muc));
+        }
         services
     }
 
