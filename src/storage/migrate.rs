@@ -48,6 +48,11 @@ pub(super) const SQLITE: &[Migration] = &[
         name: "fast",
         sql: include_str!("../../migrations/sqlite/0006_fast.sql"),
     },
+    Migration {
+        version: 8,
+        name: "muc",
+        sql: include_str!("../../migrations/sqlite/0008_muc.sql"),
+    },
 ];
 
 pub(super) const POSTGRES: &[Migration] = &[
@@ -80,6 +85,11 @@ pub(super) const POSTGRES: &[Migration] = &[
         version: 6,
         name: "fast",
         sql: include_str!("../../migrations/postgres/0006_fast.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "muc",
+        sql: include_str!("../../migrations/postgres/0008_muc.sql"),
     },
 ];
 

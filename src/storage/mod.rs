@@ -12,6 +12,7 @@
 //! - [`archive`]: XEP-0313 message archives and XEP-0441 preferences.
 //! - [`pubsub`]: PEP nodes and items (XEP-0163, XEP-0223).
 //! - [`fast`]: XEP-0484 FAST tokens (sealed), two slots per client.
+//! - [`muc`]: XEP-0045 persistent rooms, affiliations and room archives.
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -32,11 +33,14 @@ mod accounts;
 mod archive;
 mod blocking;
 pub use archive::{
-    ArchiveFilter, ArchivePrefs, ArchivedMessage, Direction, NewArchived, PrefsDefault,
+    ArchiveFilter, ArchiveOwner, ArchivePrefs, ArchivedMessage, Direction, NewArchived,
+    PrefsDefault,
 };
 mod fast;
 pub use fast::{Fast, FastToken, Slot};
 mod migrate;
+mod muc;
+pub use muc::{MucRooms, NewRoomArchived, RoomArchivedRef, StoredAffiliation, StoredRoom};
 mod offline;
 pub use offline::OfflineCap;
 mod private;
@@ -153,6 +157,10 @@ impl Storage {
     }
     pub fn pubsub(&self) -> Pubsub<'_> {
         Pubsub { s: self }
+    }
+    /// XEP-0045 persistent rooms, affiliations and room archives.
+    pub fn muc(&self) -> MucRooms<'_> {
+        MucRooms { s: self }
     }
 }
 

@@ -920,5 +920,7 @@ mod archive;
 mod blocking;
 /// XEP-0484 FAST token storage.
 mod fast;
+#[path = "tests_muc.rs"]
+mod muc;
 #[path = "tests_vcard_private_push.rs"]
 mod vcard_private_push;
