@@ -22,10 +22,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Mam as MamConfig;
-use crate::storage::{NewArchived, Storage};
+use crate::storage::{NewArchived, NewRoomArchived, Storage};
 
 enum Op {
     Rows(Vec<NewArchived>),
+    /// MUC room archive rows: the same queue, so one flush covers both kinds.
+    RoomRows(Vec<NewRoomArchived>),
     Barrier(oneshot::Sender<()>),
 }
 
@@ -61,6 +63,19 @@ impl Writer {
         }
     }
 
+    /// Queue rows of room archives (XEP-0045 rooms that log), like [`Writer::write`].
+    pub async fn write_room(&self, rows: Vec<NewRoomArchived>) {
+        if rows.is_empty() {
+            return;
+        }
+        let n = rows.len() as u64;
+        self.pending.fetch_add(n, Ordering::SeqCst);
+        if self.tx.send(Op::RoomRows(rows)).await.is_err() {
+            self.pending.fetch_sub(n, Ordering::SeqCst);
+            tracing::error!("archive writer gone; room message not archived");
+        }
+    }
+
     /// Wait until every row queued before this call is committed (or has failed).
     pub async fn flush(&self) {
         if self.pending.load(Ordering::SeqCst) == 0 {
@@ -80,6 +95,7 @@ async fn run(
     batch_max: usize,
 ) {
     let mut rows: Vec<NewArchived> = Vec::new();
+    let mut room_rows: Vec<NewRoomArchived> = Vec::new();
     let mut barriers = Vec::new();
     // Stamps never decrease along rows: queries turn 'start'/'end' into row bounds
     // (storage/archive.rs). Two sessions may stamp and queue in opposite orders; the later
@@ -90,9 +106,10 @@ async fn run(
         while let Some(op) = next.take() {
             match op {
                 Op::Rows(r) => rows.extend(r),
+                Op::RoomRows(r) => room_rows.extend(r),
                 Op::Barrier(b) => barriers.push(b),
             }
-            if rows.len() < batch_max {
+            if rows.len() + room_rows.len() < batch_max {
                 next = rx.try_recv().ok();
             }
         }
@@ -109,6 +126,17 @@ async fn run(
             if rows.capacity() > batch_max * 4 {
                 rows = Vec::new();
             }
+        }
+        if !room_rows.is_empty() {
+            for r in &mut room_rows {
+                r.stamp_ms = r.stamp_ms.max(last_stamp);
+                last_stamp = r.stamp_ms;
+            }
+            if let Err(e) = storage.muc().archive_batch(&room_rows).await {
+                tracing::error!(error = %e, rows = room_rows.len(), "room archive write failed");
+            }
+            pending.fetch_sub(room_rows.len() as u64, Ordering::SeqCst);
+            room_rows = Vec::new();
         }
         for b in barriers.drain(..) {
             let _ = b.send(());
