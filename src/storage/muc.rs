@@ -131,6 +131,107 @@ impl MucRooms<'_> {
         Ok(())
     }
 
+    /// Store a whole room in one transaction: create it or replace its configuration and
+    /// subject, and replace its affiliation list with `affiliations` (the MUC service saves
+    /// a snapshot after every change; the creation time of an existing room stays).
+    pub async fn replace(
+        &self,
+        r: UserRef<'_>,
+        config: &str,
+        subject: Option<(&str, &str)>,
+        affiliations: &[StoredAffiliation],
+        created_ms: i64,
+    ) -> Result<(), StorageError> {
+        if let Some(a) = affiliations
+            .iter()
+            .find(|a| !AFFILIATIONS.contains(&a.affiliation.as_str()))
+        {
+            return Err(StorageError::Corrupt(format!(
+                "affiliation {:?}",
+                a.affiliation
+            )));
+        }
+        let (subject, subject_by) = match subject {
+            Some((s, by)) => (Some(s), by),
+            None => (None, ""),
+        };
+        match &self.s.db {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO muc_rooms (service, node, config, subject, subject_by, created_ms)
+                     VALUES (?, ?, ?, ?, ?, ?)
+                     ON CONFLICT (service, node) DO UPDATE SET config = excluded.config,
+                         subject = excluded.subject, subject_by = excluded.subject_by
+                     RETURNING id",
+                )
+                .bind(r.0)
+                .bind(r.1)
+                .bind(config)
+                .bind(subject)
+                .bind(subject_by)
+                .bind(created_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM muc_affiliations WHERE room_id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                for a in affiliations {
+                    sqlx::query(
+                        "INSERT INTO muc_affiliations (room_id, jid, affiliation, reason, nick)
+                         VALUES (?, ?, ?, ?, ?)",
+                    )
+                    .bind(id)
+                    .bind(&a.jid)
+                    .bind(&a.affiliation)
+                    .bind(&a.reason)
+                    .bind(&a.nick)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO muc_rooms (service, node, config, subject, subject_by, created_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (service, node) DO UPDATE SET config = excluded.config,
+                         subject = excluded.subject, subject_by = excluded.subject_by
+                     RETURNING id",
+                )
+                .bind(r.0)
+                .bind(r.1)
+                .bind(config)
+                .bind(subject)
+                .bind(subject_by)
+                .bind(created_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM muc_affiliations WHERE room_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                for a in affiliations {
+                    sqlx::query(
+                        "INSERT INTO muc_affiliations (room_id, jid, affiliation, reason, nick)
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id)
+                    .bind(&a.jid)
+                    .bind(&a.affiliation)
+                    .bind(&a.reason)
+                    .bind(&a.nick)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Record the subject. Ok(false) when the room is not stored.
     pub async fn set_subject(
         &self,

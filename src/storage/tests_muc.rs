@@ -155,3 +155,40 @@ async fn muc_room_archive(s: &Storage, _t: &Target) {
     let got = a.page(room, &only, Direction::Forward, 10).await.unwrap();
     assert_eq!(got[0].stanza, "<tombstone/>");
 }
+
+both!(muc_room_snapshot_replace);
+async fn muc_room_snapshot_replace(s: &Storage, _t: &Target) {
+    let m = s.muc();
+    let r = ("conference.d", "lobby");
+    m.replace(
+        r,
+        "v1",
+        None,
+        &[aff("a@d", "owner"), aff("b@d", "member")],
+        7,
+    )
+    .await
+    .unwrap();
+    let got = m.room(r).await.unwrap().unwrap();
+    assert_eq!(
+        (got.config.as_str(), got.subject.clone(), got.created_ms),
+        ("v1", None, 7)
+    );
+    assert_eq!(m.affiliations(r).await.unwrap().len(), 2);
+    m.archive_batch(&[room_msg("lobby", 0, "a")]).await.unwrap();
+    // Replacing keeps the room's row (and so its archive), swaps the rest.
+    m.replace(r, "v2", Some(("Topic", "a")), &[aff("c@d", "admin")], 9)
+        .await
+        .unwrap();
+    let got = m.room(r).await.unwrap().unwrap();
+    assert_eq!(got.config, "v2");
+    assert_eq!(got.subject, Some(("Topic".into(), "a".into())));
+    assert_eq!(got.created_ms, 7);
+    assert_eq!(m.affiliations(r).await.unwrap(), [aff("c@d", "admin")]);
+    assert_eq!(rows(s, "muc_archive").await, 1);
+    assert!(m
+        .replace(r, "v3", None, &[aff("x@d", "boss")], 9)
+        .await
+        .is_err());
+    assert_eq!(m.room(r).await.unwrap().unwrap().config, "v2");
+}
