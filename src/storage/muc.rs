@@ -70,6 +70,8 @@ pub struct RoomArchivedRef {
     pub nick: String,
     pub sender: String,
     pub stamp_ms: i64,
+    /// The archived stanza (or its tombstone).
+    pub stanza: String,
 }
 
 pub struct MucRooms<'a> {
@@ -402,14 +404,14 @@ impl MucRooms<'_> {
         id: &str,
         by_origin: bool,
     ) -> Result<Option<RoomArchivedRef>, StorageError> {
-        let row: Option<(String, String, String, i64)> = if by_origin {
+        let row: Option<(String, String, String, i64, String)> = if by_origin {
             per_backend!(
                 &self.s.db,
                 query_as,
-                "SELECT stanza_id, with_res, sender, stamp_ms FROM muc_archive WHERE room_id =
+                "SELECT stanza_id, with_res, sender, stamp_ms, stanza FROM muc_archive WHERE room_id =
                      (SELECT id FROM muc_rooms WHERE service = ? AND node = ?)
                    AND origin_id = ? ORDER BY id DESC LIMIT 1",
-                "SELECT stanza_id, with_res, sender, stamp_ms FROM muc_archive WHERE room_id =
+                "SELECT stanza_id, with_res, sender, stamp_ms, stanza FROM muc_archive WHERE room_id =
                      (SELECT id FROM muc_rooms WHERE service = $1 AND node = $2)
                    AND origin_id = $3 ORDER BY id DESC LIMIT 1",
                 [r.0, r.1, id],
@@ -419,10 +421,10 @@ impl MucRooms<'_> {
             per_backend!(
                 &self.s.db,
                 query_as,
-                "SELECT stanza_id, with_res, sender, stamp_ms FROM muc_archive WHERE room_id =
+                "SELECT stanza_id, with_res, sender, stamp_ms, stanza FROM muc_archive WHERE room_id =
                      (SELECT id FROM muc_rooms WHERE service = ? AND node = ?)
                    AND stanza_id = ?",
-                "SELECT stanza_id, with_res, sender, stamp_ms FROM muc_archive WHERE room_id =
+                "SELECT stanza_id, with_res, sender, stamp_ms, stanza FROM muc_archive WHERE room_id =
                      (SELECT id FROM muc_rooms WHERE service = $1 AND node = $2)
                    AND stanza_id = $3",
                 [r.0, r.1, id],
