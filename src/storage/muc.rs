@@ -431,14 +431,15 @@ impl MucRooms<'_> {
                 fetch_optional
             )
         };
-        Ok(
-            row.map(|(stanza_id, nick, sender, stamp_ms)| RoomArchivedRef {
+        Ok(row.map(
+            |(stanza_id, nick, sender, stamp_ms, stanza)| RoomArchivedRef {
                 stanza_id,
                 nick,
                 sender,
                 stamp_ms,
-            }),
-        )
+                stanza,
+            },
+        ))
     }
 
     /// Replace an archived message's stanza (a XEP-0425/XEP-0424 tombstone). Ok(false) when
