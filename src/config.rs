@@ -52,6 +52,7 @@ pub struct Config {
     pub extdisco: ExtDisco,
     pub push: Push,
     pub http: Http,
+    pub muc: crate::muc::MucConfig,
 }
 
 /// The HTTP module as a whole (the listeners are `listen.http` / `listen.https`).
@@ -281,6 +282,7 @@ impl Default for Config {
             extdisco: ExtDisco::default(),
             push: Push::default(),
             http: Http::default(),
+            muc: crate::muc::MucConfig::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod iq_out;
 pub mod mam;
 pub mod message;
 pub mod modules;
+pub mod muc;
 pub mod offline;
 pub mod pep;
 pub mod presence;

@@ -50,6 +50,27 @@ pub enum Deliver {
     /// A roster push (RFC 6121 §2.1.6): only sessions that requested the roster get it; the
     /// session adds its own full JID as 'to'.
     RosterPush(Arc<minidom::Element>),
+    /// A stanza whose start tag has no 'to': the session inserts ` to='<its full JID>'`
+    /// after the element name. Lets a fan-out (XEP-0045 rooms) share one serialization
+    /// among N recipients, the per-recipient splice happening in each recipient's task.
+    ToSelf(Bytes),
+}
+
+/// `bytes` (a start tag without 'to') with ` to='jid'` inserted after the element name.
+pub fn splice_to(bytes: &[u8], jid: &str) -> Bytes {
+    let at = bytes
+        .iter()
+        .skip(1)
+        .position(|&c| matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b'>' | b'/'))
+        .map_or(bytes.len(), |p| p + 1);
+    let jid = crate::xml::escape(jid);
+    let mut v = Vec::with_capacity(bytes.len() + jid.len() + 6);
+    v.extend_from_slice(&bytes[..at]);
+    v.extend_from_slice(b" to='");
+    v.extend_from_slice(jid.as_bytes());
+    v.push(b'\'');
+    v.extend_from_slice(&bytes[at..]);
+    Bytes::from(v)
 }
 
 /// A bound session's inbox: what the router queues for it, and why it must close.

@@ -65,8 +65,12 @@ pub struct Services {
 impl Services {
     /// The services a server runs, from its configuration (each is on by default and off
     /// with an empty domain, as its config section documents).
-    pub fn standard(_config: &crate::config::Config, _domains: &[String]) -> Services {
-        Services::default()
+    pub fn standard(config: &crate::config::Config, domains: &[String]) -> Services {
+        let mut s = Services::default();
+        if let Some(muc) = crate::muc::MucService::from_config(config, domains) {
+            s.add(Arc::new(muc));
+        }
+        s
     }
 
     pub fn add(&mut self, s: Arc<dyn Service>) {

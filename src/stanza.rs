@@ -22,6 +22,7 @@ pub enum Condition {
     NotAllowed,
     NotAuthorized,
     PolicyViolation,
+    RegistrationRequired,
     RemoteServerNotFound,
     ResourceConstraint,
     ServiceUnavailable,
@@ -43,6 +44,7 @@ impl Condition {
             NotAllowed => "not-allowed",
             NotAuthorized => "not-authorized",
             PolicyViolation => "policy-violation",
+            RegistrationRequired => "registration-required",
             RemoteServerNotFound => "remote-server-not-found",
             ResourceConstraint => "resource-constraint",
             ServiceUnavailable => "service-unavailable",
@@ -56,7 +58,7 @@ impl Condition {
         match self {
             BadRequest | JidMalformed | NotAcceptable | PolicyViolation => "modify",
             Conflict | FeatureNotImplemented | ServiceUnavailable | UnexpectedRequest => "cancel",
-            Forbidden | NotAllowed | NotAuthorized => "auth",
+            Forbidden | NotAllowed | NotAuthorized | RegistrationRequired => "auth",
             InternalServerError | ResourceConstraint => "wait",
             ItemNotFound | RemoteServerNotFound => "cancel",
         }

@@ -226,6 +226,7 @@ impl Session<'_> {
     fn deliver(&mut self, d: Deliver) {
         match d {
             Deliver::Bytes(b) => self.emit(b),
+            Deliver::ToSelf(b) => self.emit(crate::router::splice_to(&b, self.jid.as_str())),
             Deliver::RosterPush(el) => {
                 if self.handle.interested() {
                     let mut el = (*el).clone();

@@ -149,6 +149,8 @@ impl Stanza {
     /// The stanza's bytes with the top-level `from`/`to` replaced (`Some`) or kept (`None`),
     /// and any stream-level prefix declarations the stanza relies on made explicit, so the
     /// result can be written into any stream whose default namespace is the same.
+    /// `to: Some("")` removes the 'to' attribute (a fan-out whose recipients each add
+    /// their own, [`crate::router::Deliver::ToSelf`]).
     pub fn rewrite(&self, from: Option<&str>, to: Option<&str>) -> Bytes {
         if from.is_none() && to.is_none() && self.inherited.is_empty() {
             return self.raw.clone();

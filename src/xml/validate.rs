@@ -593,7 +593,8 @@ pub(crate) fn rewrite(
                 }
             }
             (b"to", _, Some(t)) => {
-                if !to_done {
+                // An empty `to` removes the attribute (see Stanza::rewrite).
+                if !to_done && !t.is_empty() {
                     put(&mut out, "to", t);
                     to_done = true;
                 }
@@ -608,7 +609,9 @@ pub(crate) fn rewrite(
         put(&mut out, "from", f);
     }
     if let (false, Some(t)) = (to_done, to) {
-        put(&mut out, "to", t);
+        if !t.is_empty() {
+            put(&mut out, "to", t);
+        }
     }
     for &i in inherited {
         if let Some((p, ns)) = ctx.prefixes.get(i) {

@@ -464,6 +464,7 @@ impl Session<'_> {
         if had_sm {
             pending.extend(leftover.into_iter().filter_map(|d| match d {
                 Deliver::Bytes(b) => Some(b),
+                Deliver::ToSelf(b) => Some(crate::router::splice_to(&b, self.jid.as_str())),
                 Deliver::RosterPush(_) => None,
             }));
         }

@@ -1,0 +1,124 @@
+//! The owner's side of a room (XEP-0045 §10): the configuration form (get/submit), instant
+//! rooms (an empty submit unlocks a newly created room, §10.1.2), cancelling the initial
+//! configuration (§10.1.3: the room goes away) and destruction (handed to [`super::destroy`]).
+
+use minidom::Element;
+
+use super::form::{self, NS_DATA};
+use super::occupants::{self, status, ItemExtra};
+use super::room::{lock, Affiliation, RoomRef};
+use super::{Ctx, NS_OWNER};
+use crate::stanza::{Condition, StanzaError};
+
+/// An IQ with `<query xmlns='muc#owner'/>` to the room. Ok(Some) is the result's payload.
+pub async fn handle(
+    ctx: &Ctx<'_>,
+    room_ref: &RoomRef,
+    iq_type: &str,
+    query: &Element,
+) -> Result<Option<Element>, StanzaError> {
+    let real = ctx.from.to_bare();
+    if lock(room_ref).affiliation(&real) != Affiliation::Owner {
+        return Err(StanzaError::new(Condition::Forbidden));
+    }
+    if iq_type == "get" {
+        let room = lock(room_ref);
+        let form = form::config_form(&room.config, room.jid.as_str());
+        return Ok(Some(
+            Element::builder("query", NS_OWNER).append(form).build(),
+        ));
+    }
+    if let Some(d) = query.get_child("destroy", NS_OWNER) {
+        super::destroy::handle_destroy(ctx, room_ref, d).await?;
+        return Ok(None);
+    }
+    let Some(x) = query.get_child("x", NS_DATA) else {
+        return Err(StanzaError::new(Condition::BadRequest));
+    };
+    match x.attr("type") {
+        Some("cancel") => {
+            let mut room = lock(room_ref);
+            if room.locked {
+                // §10.1.3: cancelling the initial configuration destroys the room.
+                let nicks: Vec<String> = room.occupants.keys().cloned().collect();
+                for n in nicks {
+                    occupants::remove_occupant(&mut room, &n, &[], ItemExtra::default(), 0);
+                }
+                let name = room.name().to_string();
+                drop(room);
+                ctx.svc.rooms.remove(&name, room_ref);
+            }
+            Ok(None)
+        }
+        Some("submit") => {
+            submit(ctx, room_ref, x).await?;
+            Ok(None)
+        }
+        _ => Err(StanzaError::new(Condition::BadRequest)),
+    }
+}
+
+async fn submit(ctx: &Ctx<'_>, room_ref: &RoomRef, x: &Element) -> Result<(), StanzaError> {
+    let limit = ctx.svc.config.max_presence_broadcast;
+    let was_persistent = {
+        let mut room = lock(room_ref);
+        let cfg = form::apply(
+            &room.config,
+            x,
+            ctx.svc.config.max_occupants,
+            ctx.svc.config.max_history,
+        )?;
+        let was_persistent = room.config.persistent;
+        let became_members_only = cfg.members_only && !room.config.members_only;
+        let moderated_changed = cfg.moderated != room.config.moderated;
+        room.config = cfg;
+        room.locked = false;
+        while room.history.len() > room.config.history_length {
+            room.history.pop_front();
+        }
+        if became_members_only {
+            // §9.4 / §10.2: non-members are removed with status 322.
+            let out: Vec<String> = room
+                .occupants
+                .values()
+                .filter(|o| o.affiliation < Affiliation::Member)
+                .map(|o| o.nick.clone())
+                .collect();
+            for n in out {
+                occupants::remove_occupant(
+                    &mut room,
+                    &n,
+                    &[status::MEMBERS_ONLY],
+                    ItemExtra::default(),
+                    limit,
+                );
+            }
+        }
+        if moderated_changed {
+            // Roles follow the defaults of the new setting for occupants with no affiliation.
+            let moderated = room.config.moderated;
+            let nicks: Vec<String> = room
+                .occupants
+                .values()
+                .filter(|o| o.affiliation == Affiliation::None)
+                .map(|o| o.nick.clone())
+                .collect();
+            for n in nicks {
+                room.set_role_of(&n, Affiliation::None.default_role(moderated));
+                occupants::announce(&mut room, &n, &[status::SELF], limit);
+            }
+        }
+        was_persistent
+    };
+    let persistent = lock(room_ref).config.persistent;
+    if persistent {
+        ctx.svc.persist(ctx.server, room_ref).await;
+    } else if was_persistent {
+        let name = lock(room_ref).name().to_string();
+        if let Err(e) = super::store::delete(ctx.server, &ctx.svc.domain, &name).await {
+            tracing::error!(error = %e, room = name, "deleting a room failed");
+        }
+        occupants::forget_if_empty(ctx.svc, room_ref);
+    }
+    Ok(())
+}
