@@ -94,7 +94,7 @@ async fn handle(req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
 }
 
 /// XEP-0334 hints and payloads that make a message worth archiving (Prosody's rules).
-fn worth_archiving(el: &Element) -> bool {
+pub(crate) fn worth_archiving(el: &Element) -> bool {
     if el.has_child("no-store", NS_HINTS) || el.has_child("no-permanent-store", NS_HINTS) {
         return false;
     }

@@ -60,9 +60,10 @@ fn contains(raw: &[u8], needle: &[u8]) -> bool {
 async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError> {
     let raw = ctx.stanza.raw();
     let is_subject = contains(raw, b"<subject") && !contains(raw, b"<body");
-    let logging;
     let real = ctx.from.to_bare();
-    let out = {
+    // XEP-0424: a retraction of an archived message is checked against its author first.
+    let retracts = super::archive::retraction(ctx, room_ref).await?;
+    let (out, pending) = {
         let mut room = lock(room_ref);
         let Some(nick) = room.by_session.get(ctx.from) else {
             return Err(StanzaError::new(Condition::NotAcceptable));
@@ -74,6 +75,12 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
         let may_set_subject = occ.role == Role::Moderator || room.config.change_subject;
         let from = format!("{}/{}", room.jid, occ.nick);
         let out = outgoing(ctx, &from, &occ.occupant_id, None)?;
+        // The room's stanza-id goes into the shared bytes (fan-out, history, archive).
+        let (out, pending) = if is_subject {
+            (out, None)
+        } else {
+            super::archive::stamp(&room, &occ.nick, &real, ctx.stanza, out)
+        };
         if is_subject {
             if !may_set_subject {
                 return Err(StanzaError::new(Condition::Forbidden));
@@ -92,15 +99,16 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
         for o in room.occupants.values() {
             o.push(&out);
         }
-        logging = room.config.logging;
-        out
+        (out, pending)
     };
+    drop(out);
     if is_subject {
         ctx.svc.persist(ctx.server, room_ref).await;
     }
-    if logging && !is_subject {
-        let room_jid = lock(room_ref).jid.clone();
-        super::archive::archived(ctx, &room_jid, &real, &out).await;
+    super::archive::archived(ctx, pending).await;
+    if let Some(uid) = retracts {
+        let retracted = super::archive::self_retracted(ctx.stanza.id.as_deref());
+        super::archive::tombstone(ctx, room_ref, &uid, retracted).await?;
     }
     Ok(())
 }

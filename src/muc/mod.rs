@@ -122,7 +122,8 @@ impl MucService {
         }
         match store::load(server, &self.domain, name).await {
             Ok(Some(s)) => {
-                let room = Room::from_stored(&self.domain, s)?;
+                let mut room = Room::from_stored(&self.domain, s)?;
+                archive::seed_history(server, &mut room).await;
                 Some(self.rooms.insert(room).0)
             }
             Ok(None) => None,
@@ -180,7 +181,8 @@ impl Service for MucService {
             match store::load_all(&server, &domain).await {
                 Ok(list) => {
                     for s in list {
-                        if let Some(room) = Room::from_stored(&domain, s) {
+                        if let Some(mut room) = Room::from_stored(&domain, s) {
+                            archive::seed_history(&server, &mut room).await;
                             rooms.insert(room);
                         }
                     }

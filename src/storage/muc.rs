@@ -128,7 +128,7 @@ impl MucRooms<'_> {
              ON CONFLICT (service, node) DO UPDATE SET config = excluded.config",
             [r.0, r.1, config, created_ms],
             execute,
-            |x: _| rows_affected(x)
+            rows_affected
         );
         Ok(())
     }
@@ -248,7 +248,7 @@ impl MucRooms<'_> {
             "UPDATE muc_rooms SET subject = $1, subject_by = $2 WHERE service = $3 AND node = $4",
             [subject, by_nick, r.0, r.1],
             execute,
-            |x: _| rows_affected(x)
+            rows_affected
         );
         Ok(n > 0)
     }
@@ -262,7 +262,7 @@ impl MucRooms<'_> {
             "DELETE FROM muc_rooms WHERE service = $1 AND node = $2",
             [r.0, r.1],
             execute,
-            |x: _| rows_affected(x)
+            rows_affected
         );
         Ok(n > 0)
     }
@@ -313,7 +313,7 @@ impl MucRooms<'_> {
                      (SELECT id FROM muc_rooms WHERE service = $2 AND node = $3)",
                 [jid, r.0, r.1],
                 execute,
-                |x: _| rows_affected(x)
+                rows_affected
             );
             return Ok(self.room(r).await?.is_some());
         };
@@ -336,7 +336,7 @@ impl MucRooms<'_> {
                  reason = excluded.reason, nick = excluded.nick",
             [jid, &a.affiliation, &a.reason, &a.nick, r.0, r.1],
             execute,
-            |x: _| rows_affected(x)
+            rows_affected
         );
         Ok(n > 0)
     }
@@ -459,7 +459,7 @@ impl MucRooms<'_> {
                  (SELECT id FROM muc_rooms WHERE service = $3 AND node = $4)",
             [stanza, stanza_id, r.0, r.1],
             execute,
-            |x: _| rows_affected(x)
+            rows_affected
         );
         Ok(n > 0)
     }
