@@ -310,8 +310,9 @@ def test_mediated_invitation_and_decline(server, accounts):
     async def scenario():
         async with online(server, a, PASSWORD) as alice, online(server, b, PASSWORD) as bob, \
                 online(server, c, PASSWORD) as carol:
-            for s in (bob, carol):
+            for s in (alice, bob, carol):
                 s.send_presence()
+                await s.next_presence(lambda p, s=s: frm(p) == str(s.jid))
             await create(alice, room, "Alice", members_only=True)
             muc_plugin(alice).invite(room, f"{b}@localhost", reason="Join us")
             inv = await bob.next_message(lambda m: frm(m) == room)

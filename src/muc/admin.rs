@@ -205,6 +205,9 @@ fn check(ctx: &Ctx<'_>, room: &Room, item: &Element) -> Result<Change, StanzaErr
                     "only owners grant admin or owner",
                 ));
             }
+            if jid == ctx.from.to_bare() && aff == Affiliation::Outcast {
+                return Err(err(Condition::Conflict, "you cannot ban yourself"));
+            }
             if current >= Affiliation::Admin && !owner {
                 return Err(err(
                     Condition::NotAllowed,
@@ -212,9 +215,6 @@ fn check(ctx: &Ctx<'_>, room: &Room, item: &Element) -> Result<Change, StanzaErr
                 ));
             }
             if jid == ctx.from.to_bare() {
-                if aff == Affiliation::Outcast {
-                    return Err(err(Condition::Conflict, "you cannot ban yourself"));
-                }
                 let owners = room
                     .affiliations
                     .values()

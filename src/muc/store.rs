@@ -67,6 +67,9 @@ pub async fn load_all(
     let m = server.storage.muc();
     let mut out = Vec::new();
     for r in m.rooms(service).await? {
+        if r.is_placeholder() {
+            continue;
+        }
         let affs = m.affiliations((service, &r.node)).await?;
         match decode(r.node, &r.config, r.subject, affs) {
             Ok(room) => out.push(room),
@@ -83,7 +86,11 @@ pub async fn load(
     name: &str,
 ) -> Result<Option<StoredRoom>, StorageError> {
     let m = server.storage.muc();
-    let Some(r) = m.room((service, name)).await? else {
+    let Some(r) = m
+        .room((service, name))
+        .await?
+        .filter(|r| !r.is_placeholder())
+    else {
         return Ok(None);
     };
     let affs = m.affiliations((service, name)).await?;

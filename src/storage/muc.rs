@@ -39,6 +39,14 @@ pub struct StoredRoom {
     pub created_ms: i64,
 }
 
+impl StoredRoom {
+    /// A row created only to own the archive of a temporary room that logs (no config):
+    /// not a room to restore.
+    pub fn is_placeholder(&self) -> bool {
+        self.config.is_empty()
+    }
+}
+
 /// One entry of a room's affiliation list (`affiliation` is owner/admin/member/outcast).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredAffiliation {
@@ -341,13 +349,33 @@ impl MucRooms<'_> {
         Ok(n > 0)
     }
 
-    /// Append messages to room archives in one transaction (the archive writer's batch).
-    /// Rows of rooms that are not stored are skipped; returns how many were stored.
+    /// Append messages to room archives in one transaction (the archive writer's batch);
+    /// returns how many were stored. A temporary room that logs has no row yet: one is
+    /// created with an empty config (a placeholder owning the archive, which
+    /// [`MucRooms::rooms`] callers skip: see [`StoredRoom::is_placeholder`]).
     pub async fn archive_batch(&self, rows: &[NewRoomArchived]) -> Result<u64, StorageError> {
         let mut n = 0;
+        let mut rooms: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.room.0.as_str(), r.room.1.as_str()))
+            .collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let now = crate::stanza::now_ms();
         match &self.s.db {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
+                for (service, node) in &rooms {
+                    sqlx::query(
+                        "INSERT INTO muc_rooms (service, node, config, created_ms)
+                         VALUES (?, ?, '', ?) ON CONFLICT (service, node) DO NOTHING",
+                    )
+                    .bind(service)
+                    .bind(node)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 for r in rows {
                     n += sqlx::query(
                         "INSERT INTO muc_archive (room_id, stanza_id, stamp_ms, with_bare,
@@ -371,6 +399,17 @@ impl MucRooms<'_> {
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
+                for (service, node) in &rooms {
+                    sqlx::query(
+                        "INSERT INTO muc_rooms (service, node, config, created_ms)
+                         VALUES ($1, $2, '', $3) ON CONFLICT (service, node) DO NOTHING",
+                    )
+                    .bind(service)
+                    .bind(node)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 for r in rows {
                     n += sqlx::query(
                         "INSERT INTO muc_archive (room_id, stanza_id, stamp_ms, with_bare,

@@ -94,14 +94,17 @@ both!(muc_room_archive);
 async fn muc_room_archive(s: &Storage, _t: &Target) {
     let m = s.muc();
     let r = ("conference.d", "lobby");
-    m.save(r, "", 0).await.unwrap();
-    m.save(("conference.d", "attic"), "", 0).await.unwrap();
+    m.save(r, "c", 0).await.unwrap();
+    m.save(("conference.d", "attic"), "c", 0).await.unwrap();
     let batch: Vec<_> = (0..12)
         .map(|n| room_msg("lobby", n, if n % 3 == 0 { "bob" } else { "alice" }))
         .chain([room_msg("attic", 0, "carol"), room_msg("gone", 0, "x")])
         .collect();
-    // The row of a room that is not stored is skipped.
-    assert_eq!(m.archive_batch(&batch).await.unwrap(), 13);
+    // A room that is not stored (a temporary room that logs) gets a placeholder row.
+    assert_eq!(m.archive_batch(&batch).await.unwrap(), 14);
+    let gone = m.room(("conference.d", "gone")).await.unwrap().unwrap();
+    assert!(gone.is_placeholder());
+    assert!(!m.room(r).await.unwrap().unwrap().is_placeholder());
 
     // Paged through the same queries as user archives.
     let a = s.archive();
