@@ -104,9 +104,11 @@ pub fn handles_namespace(ns: &str) -> bool {
     ns == NS_ADMIN || ns == NS_MODERATE
 }
 
-/// Extra disco#info features of a room contributed by moderation.
+/// Extra disco#info features of a room contributed by moderation: none of its own (XEP-0425
+/// moderation finds messages in the room's archive, so [`super::archive::room_features`]
+/// advertises it with the archive).
 pub fn room_features() -> &'static [&'static str] {
-    &[NS_MODERATE]
+    &[]
 }
 
 /// One checked item of a set.

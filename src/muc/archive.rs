@@ -215,6 +215,7 @@ pub fn room_features(logging: bool) -> &'static [&'static str] {
             NS_SID,
             NS_RETRACT,
             "urn:xmpp:message-retract:1#tombstone",
+            NS_MODERATE,
         ]
     } else {
         &[]
