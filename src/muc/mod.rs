@@ -23,6 +23,8 @@ pub mod occupants;
 pub mod owner;
 pub mod room;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use bytes::Bytes;
 use jid::{FullJid, Jid};
