@@ -24,7 +24,7 @@ use memchr::memmem;
 use minidom::Element;
 
 use super::room::{lock, HistoryEntry, Room, RoomRef};
-use super::{reply, Ctx, NS_OCCUPANT_ID};
+use super::{reply, Ctx, NS_OCCUPANT_ID, NS_USER};
 use crate::mam::{NS_MAM, NS_SID};
 use crate::stanza::{now_ms, xep82_datetime, Condition, StanzaError};
 use crate::storage::{ArchiveFilter, ArchiveOwner, Direction, NewRoomArchived};
@@ -70,9 +70,10 @@ fn standalone(bytes: &[u8]) -> String {
     format!("{} xmlns='{NS_CLIENT}'{}", &text[..at], &text[at..])
 }
 
-/// With the room locked, before the fan-out: when the room logs and the message is worth
-/// archiving, `out` (the shared fan-out bytes) gets the room's stanza-id and a row is
-/// prepared. Otherwise `out` is returned as it is.
+/// With the room locked, before the fan-out: `<stanza-id/>`s claiming to be the room's are
+/// removed (XEP-0359 §7: only the room assigns those); then, when the room logs and the
+/// message is worth archiving, `out` (the shared fan-out bytes) gets the room's stanza-id
+/// and a row is prepared. Otherwise `out` is returned as it is.
 pub fn stamp(
     room: &Room,
     nick: &str,
@@ -80,32 +81,16 @@ pub fn stamp(
     st: &xml::Stanza,
     out: Bytes,
 ) -> (Bytes, Option<Pending>) {
+    let out = strip_spoofed_ids(room, out);
     if !room.config.logging || !worth_archiving(st) {
         return (out, None);
     }
-    let uid = crate::mam::new_uid();
-    let sid = format!(
-        "<stanza-id xmlns='{NS_SID}' by='{}' id='{uid}'/>",
-        xml::escape(room.jid.as_str())
-    );
-    let Some(stamped) = super::messages::splice_child(&out, &sid) else {
-        return (out, None);
-    };
     let origin_id = st.element().ok().and_then(|el| {
         el.get_child("origin-id", NS_SID)
             .and_then(|o| o.attr("id"))
             .map(str::to_string)
     });
-    let row = NewRoomArchived {
-        room: (room.jid.domain().to_string(), room.name().to_string()),
-        stanza_id: uid,
-        stamp_ms: now_ms(),
-        nick: nick.to_string(),
-        origin_id,
-        sender: real.to_string(),
-        stanza: standalone(&stamped),
-    };
-    (stamped, Some(Pending(row)))
+    prepare(room, nick, real.as_str(), origin_id, out)
 }
 
 /// [`stamp`] for a message the room itself sends (`from` the room's bare JID: XEP-0425
@@ -114,6 +99,16 @@ pub fn stamp_service(room: &Room, out: Bytes) -> (Bytes, Option<Pending>) {
     if !room.config.logging {
         return (out, None);
     }
+    prepare(room, "", room.jid.as_str(), None, out)
+}
+
+fn prepare(
+    room: &Room,
+    nick: &str,
+    sender: &str,
+    origin_id: Option<String>,
+    out: Bytes,
+) -> (Bytes, Option<Pending>) {
     let uid = crate::mam::new_uid();
     let sid = format!(
         "<stanza-id xmlns='{NS_SID}' by='{}' id='{uid}'/>",
@@ -126,12 +121,62 @@ pub fn stamp_service(room: &Room, out: Bytes) -> (Bytes, Option<Pending>) {
         room: (room.jid.domain().to_string(), room.name().to_string()),
         stanza_id: uid,
         stamp_ms: now_ms(),
-        nick: String::new(),
-        origin_id: None,
-        sender: room.jid.to_string(),
-        stanza: standalone(&stamped),
+        nick: nick.to_string(),
+        origin_id,
+        sender: sender.to_string(),
+        stanza: archive_text(&stamped),
     };
     (stamped, Some(Pending(row)))
+}
+
+/// Rebuild `el` without the children `drop` selects; None when there were none.
+fn without(mut el: Element, drop: impl Fn(&Element) -> bool) -> Option<Element> {
+    if !el.children().any(&drop) {
+        return None;
+    }
+    for node in el.take_nodes() {
+        if !matches!(&node, minidom::Node::Element(c) if drop(c)) {
+            el.append_node(node);
+        }
+    }
+    Some(el)
+}
+
+/// The fan-out bytes without stanza-ids `by` the room that the sender put in (rare: only
+/// clients replaying stanzas send these, so only they pay for a parse).
+fn strip_spoofed_ids(room: &Room, out: Bytes) -> Bytes {
+    if !contains(&out, NS_SID.as_bytes()) {
+        return out;
+    }
+    let Ok(el) = standalone(&out).parse::<Element>() else {
+        return out;
+    };
+    let spoofed = |c: &Element| {
+        c.is("stanza-id", NS_SID)
+            && c.attr("by")
+                .and_then(|b| BareJid::new(b).ok())
+                .is_some_and(|b| b == room.jid)
+    };
+    match without(el, spoofed) {
+        Some(clean) => xml::to_bytes(&clean),
+        None => out,
+    }
+}
+
+/// The archive's copy: self-contained, and without any `<x xmlns='muc#user'/>` the sender
+/// put in (XEP-0313 §5.1.2: the archive MUST strip those, they could spoof a real JID).
+fn archive_text(stamped: &[u8]) -> String {
+    let text = standalone(stamped);
+    if !text.contains(NS_USER) {
+        return text;
+    }
+    let Ok(el) = text.parse::<Element>() else {
+        return text;
+    };
+    match without(el, |c| c.is("x", NS_USER)) {
+        Some(clean) => String::from_utf8_lossy(&xml::to_bytes(&clean)).into_owned(),
+        None => text,
+    }
 }
 
 /// After the fan-out: queue the row on the archive writer.
@@ -355,5 +400,53 @@ pub async fn seed_history(server: &crate::server::ServerState, room: &mut Room) 
             }
         }
         Err(e) => tracing::error!(error = %e, room = %jid, "loading room history failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::room::RoomConfig;
+    use super::*;
+
+    fn room() -> Room {
+        Room::new(
+            BareJid::new("lobby@conference.d").unwrap(),
+            RoomConfig::default(),
+        )
+    }
+
+    #[test]
+    fn standalone_declares_the_default_namespace_once() {
+        assert_eq!(
+            standalone(b"<message from='a'><body>x</body></message>"),
+            "<message xmlns='jabber:client' from='a'><body>x</body></message>"
+        );
+        let declared = "<message xmlns='jabber:client' from='a'/>";
+        assert_eq!(standalone(declared.as_bytes()), declared);
+    }
+
+    #[test]
+    fn spoofed_room_stanza_ids_are_stripped() {
+        let r = room();
+        let out = Bytes::from_static(
+            b"<message from='lobby@conference.d/n' type='groupchat'><body>x</body>\
+              <stanza-id xmlns='urn:xmpp:sid:0' by='Lobby@conference.d' id='forged'/>\
+              <stanza-id xmlns='urn:xmpp:sid:0' by='other@x' id='keep'/></message>",
+        );
+        let clean = strip_spoofed_ids(&r, out);
+        let text = std::str::from_utf8(&clean).unwrap();
+        assert!(!text.contains("forged") && text.contains("keep") && text.contains("<body>x"));
+        let plain = Bytes::from_static(b"<message><body>y</body></message>");
+        assert_eq!(strip_spoofed_ids(&r, plain.clone()), plain);
+    }
+
+    #[test]
+    fn archive_copy_drops_sender_muc_user_payloads() {
+        let text = archive_text(
+            b"<message from='r@c/n'><body>x</body><x xmlns='http://jabber.org/protocol/muc#user'>\
+              <item jid='boss@example.org'/></x></message>",
+        );
+        assert!(!text.contains("boss@example.org"), "{text}");
+        assert!(text.contains("<body>x</body>"));
     }
 }
