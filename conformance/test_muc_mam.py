@@ -218,3 +218,26 @@ def test_rooms_survive_a_restart(make_server):
             assert p.xml.find(f"{{{NS_MUC}#user}}x/{{{NS_MUC}#user}}item").get("affiliation") \
                 == "owner"
     run(after())
+
+
+def test_recreated_temporary_room_starts_with_an_empty_archive(server, accounts):
+    a, b = accounts(server, "rta", "rtb")
+    room = new_room("ephemeral")
+
+    async def scenario():
+        async with online(server, a, PASSWORD) as alice, online(server, b, PASSWORD) as bob:
+            await create(alice, room, "Alice", logging=True)
+            groupchat(alice, room, "from the first room")
+            await alice.next_message(is_groupchat(room, "from the first room"))
+            _, _, results = await mam(alice, room)
+            assert len(results) == 1
+            # The last occupant leaves: the temporary room is gone (§10.1.3)...
+            alice.send_raw(f"<presence to='{room}/Alice' type='unavailable'/>")
+            await alice.next_presence(lambda p: frm(p) == f"{room}/Alice"
+                                      and p.xml.get("type") == "unavailable")
+            # ...and whoever creates a room of that name does not read the old one's log.
+            await create(bob, room, "Bob", logging=True)
+            reply, _, results = await mam(bob, room)
+            assert reply["type"] == "result"
+            assert results == [], [body_of(m) for _, m, _ in results]
+    run(scenario())

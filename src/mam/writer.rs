@@ -28,6 +28,10 @@ enum Op {
     Rows(Vec<NewArchived>),
     /// MUC room archive rows: the same queue, so one flush covers both kinds.
     RoomRows(Vec<NewRoomArchived>),
+    /// Delete the archive of a temporary room that no longer exists (service, node), in
+    /// queue order: rows queued before it are written (and deleted) first, rows queued
+    /// after it (a new room of the same name) are kept.
+    ForgetRoom(String, String),
     Barrier(oneshot::Sender<()>),
 }
 
@@ -76,6 +80,19 @@ impl Writer {
         }
     }
 
+    /// Queue the deletion of a temporary room's leftover archive (see [`Op::ForgetRoom`]).
+    /// Never waits: called while a new room is being created, under no lock but in a
+    /// synchronous path; a full queue hands the request to a task.
+    pub fn forget_room(&self, service: &str, node: &str) {
+        let op = Op::ForgetRoom(service.to_string(), node.to_string());
+        if let Err(mpsc::error::TrySendError::Full(op)) = self.tx.try_send(op) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(op).await;
+            });
+        }
+    }
+
     /// Wait until every row queued before this call is committed (or has failed).
     pub async fn flush(&self) {
         if self.pending.load(Ordering::SeqCst) == 0 {
@@ -97,6 +114,7 @@ async fn run(
     let mut rows: Vec<NewArchived> = Vec::new();
     let mut room_rows: Vec<NewRoomArchived> = Vec::new();
     let mut barriers = Vec::new();
+    let mut forget = None;
     // Stamps never decrease along rows: queries turn 'start'/'end' into row bounds
     // (storage/archive.rs). Two sessions may stamp and queue in opposite orders; the later
     // row then takes the earlier one's stamp (a few milliseconds at most).
@@ -107,9 +125,11 @@ async fn run(
             match op {
                 Op::Rows(r) => rows.extend(r),
                 Op::RoomRows(r) => room_rows.extend(r),
+                Op::ForgetRoom(service, node) => forget = Some((service, node)),
                 Op::Barrier(b) => barriers.push(b),
             }
-            if rows.len() + room_rows.len() < batch_max {
+            // A deletion ends the batch: what follows it is written after it.
+            if forget.is_none() && rows.len() + room_rows.len() < batch_max {
                 next = rx.try_recv().ok();
             }
         }
@@ -137,6 +157,11 @@ async fn run(
             }
             pending.fetch_sub(room_rows.len() as u64, Ordering::SeqCst);
             room_rows = Vec::new();
+        }
+        if let Some((service, node)) = forget.take() {
+            if let Err(e) = storage.muc().delete_placeholder((&service, &node)).await {
+                tracing::error!(error = %e, room = node, "deleting a room archive failed");
+            }
         }
         for b in barriers.drain(..) {
             let _ = b.send(());
@@ -172,6 +197,20 @@ pub fn spawn_expiry(storage: Storage, cfg: &MamConfig, mut shutdown: watch::Rece
 /// Delete everything stored before `cutoff_ms`, batch by batch; returns the count.
 pub async fn expire_all(storage: &Storage, cutoff_ms: i64, batch: u32) -> u64 {
     let mut total = 0;
+    loop {
+        let n = match storage.muc().expire(cutoff_ms, batch).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "room archive retention failed");
+                break;
+            }
+        };
+        total += n;
+        if n < u64::from(batch) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
     loop {
         match storage.archive().expire(cutoff_ms, batch).await {
             Ok(n) => {

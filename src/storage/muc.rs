@@ -275,6 +275,38 @@ impl MucRooms<'_> {
         Ok(n > 0)
     }
 
+    /// Delete a placeholder room row (see [`MucRooms::archive_batch`]) with its archive;
+    /// a configured (persistent) room is left alone. Ok(false) when nothing was deleted.
+    pub async fn delete_placeholder(&self, r: UserRef<'_>) -> Result<bool, StorageError> {
+        let n = per_backend!(
+            &self.s.db,
+            query,
+            "DELETE FROM muc_rooms WHERE service = ? AND node = ? AND config = ''",
+            "DELETE FROM muc_rooms WHERE service = $1 AND node = $2 AND config = ''",
+            [r.0, r.1],
+            execute,
+            rows_affected
+        );
+        Ok(n > 0)
+    }
+
+    /// Delete up to `batch` room-archive messages (of any room) stored before `before_ms`
+    /// (`mam.retention_days` covers room archives too); returns how many went.
+    pub async fn expire(&self, before_ms: i64, batch: u32) -> Result<u64, StorageError> {
+        let batch = i64::from(batch);
+        Ok(per_backend!(
+            &self.s.db,
+            query,
+            "DELETE FROM muc_archive WHERE id IN
+                 (SELECT id FROM muc_archive WHERE stamp_ms < ? LIMIT ?)",
+            "DELETE FROM muc_archive WHERE id IN
+                 (SELECT id FROM muc_archive WHERE stamp_ms < $1 LIMIT $2)",
+            [before_ms, batch],
+            execute,
+            rows_affected
+        ))
+    }
+
     /// The room's affiliation list, sorted by JID.
     pub async fn affiliations(
         &self,

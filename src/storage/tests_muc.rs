@@ -104,6 +104,14 @@ async fn muc_room_archive(s: &Storage, _t: &Target) {
     assert_eq!(m.archive_batch(&batch).await.unwrap(), 14);
     let gone = m.room(("conference.d", "gone")).await.unwrap().unwrap();
     assert!(gone.is_placeholder());
+    // A placeholder is deleted with its archive; a configured room is not.
+    assert!(!m.delete_placeholder(r).await.unwrap());
+    assert!(m
+        .delete_placeholder(("conference.d", "gone"))
+        .await
+        .unwrap());
+    assert_eq!(m.room(("conference.d", "gone")).await.unwrap(), None);
+    assert_eq!(rows(s, "muc_archive").await, 13);
     assert!(!m.room(r).await.unwrap().unwrap().is_placeholder());
 
     // Paged through the same queries as user archives.
@@ -194,4 +202,17 @@ async fn muc_room_snapshot_replace(s: &Storage, _t: &Target) {
         .await
         .is_err());
     assert_eq!(m.room(r).await.unwrap().unwrap().config, "v2");
+}
+
+both!(muc_archive_expiry);
+async fn muc_archive_expiry(s: &Storage, _t: &Target) {
+    let m = s.muc();
+    m.save(("conference.d", "lobby"), "c", 0).await.unwrap();
+    let batch: Vec<_> = (0..5).map(|n| room_msg("lobby", n, "a")).collect();
+    m.archive_batch(&batch).await.unwrap();
+    // Stamps are 1_000_000 + n * 1000: the first three are older than 1_002_500.
+    assert_eq!(m.expire(1_002_500, 2).await.unwrap(), 2);
+    assert_eq!(m.expire(1_002_500, 2).await.unwrap(), 1);
+    assert_eq!(m.expire(1_002_500, 2).await.unwrap(), 0);
+    assert_eq!(rows(s, "muc_archive").await, 2);
 }
