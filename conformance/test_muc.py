@@ -141,7 +141,7 @@ def test_muc_service_discovery(server):
             ident = info.xml.find(f".//{{{NS_INFO}}}identity")
             assert (ident.get("category"), ident.get("type")) == ("conference", "text")
             feats = {f.get("var") for f in info.xml.iter(f"{{{NS_INFO}}}feature")}
-            assert {NS_MUC, NS_OID} <= feats
+            assert {NS_MUC, NS_OID, NS_MUC + "#stable_id"} <= feats
     run(go())
 
 
@@ -220,6 +220,13 @@ def test_muc_reserved_room_config_form_round_trip(server):
             assert ri["muc#roominfo_occupants"] == ["1"]
             # Non-anonymous: status 100 on entering, and everyone sees real JIDs.
             p = await entered(b, room, "Bob")
+            # §10.2.1: occupants hear of later changes (104, and 173 for semi-anonymous).
+            assert (await configure(a, room, whois="moderators"))["type"] == "result"
+            note = await b.next_message(lambda m: from_(m) == room and codes(m))
+            assert codes(note) == {104, 173}
+            assert (await configure(a, room, whois="anyone"))["type"] == "result"
+            note = await b.next_message(lambda m: from_(m) == room and codes(m))
+            assert codes(note) == {104, 172}
             assert 100 in codes(p)
             # In a moderated room a newcomer without affiliation is a visitor.
             assert item(p).get("role") == "visitor"
@@ -485,6 +492,15 @@ def test_muc_iq_to_an_occupant_is_forwarded(server):
                                f"<query xmlns='jabber:iq:version'/></iq>")
             assert r["type"] == "result", r
             assert r.xml.get("from") == f"{room}/Alice"
+            # vCards are the user's: answered from Alice's stored vCard, from her occupant JID.
+            r = await b.iq_xml(f"<iq type='get' to='{room}/Alice'><vCard xmlns='vcard-temp'/></iq>")
+            assert error_condition(r.xml) == "service-unavailable"
+            r = await a.iq_xml("<iq type='set'><vCard xmlns='vcard-temp'><FN>Alice A.</FN>"
+                               "</vCard></iq>")
+            assert r["type"] == "result"
+            r = await b.iq_xml(f"<iq type='get' to='{room}/Alice'><vCard xmlns='vcard-temp'/></iq>")
+            assert r["type"] == "result" and r.xml.get("from") == f"{room}/Alice"
+            assert r.xml.find("{vcard-temp}vCard/{vcard-temp}FN").text == "Alice A."
     run(go())
 
 
@@ -534,4 +550,32 @@ def test_muc_temporary_room_goes_with_its_last_occupant(server):
             r = await a.iq_xml(f"<iq type='get' to='{room2}'><query xmlns='{NS_INFO}'/></iq>")
             assert r["type"] == "result"
             assert "muc_persistent" in {f.get("var") for f in r.xml.iter(f"{{{NS_INFO}}}feature")}
+    run(go())
+
+
+def test_muc_crowded_room_limits_presence_broadcast(make_server):
+    srv = make_server({u: PASSWORD for u in ("alice", "bob", "carol", "dave")},
+                      extra_sections={"muc": {"max_presence_broadcast": 2}})
+
+    async def go():
+        async with client(srv, "alice") as a, client(srv, "bob") as b, \
+                client(srv, "carol") as c, client(srv, "dave") as d:
+            room = await create(a, "Alice")
+            await entered(b, room, "Bob")
+            await entered(c, room, "Carol")   # 3 occupants now: above the limit of 2
+            await a.next_presence(lambda p: from_(p) == f"{room}/Carol")
+            p = await join(d, room, "Dave")
+            assert ptype(p) != "error"
+            await subject(d, room)
+            # The moderator is told; Bob (a participant) is not.
+            await a.next_presence(lambda p: from_(p) == f"{room}/Dave")
+            await fence(a, room, b, d)
+            assert not [x for x in b.presences.items if from_(x) == f"{room}/Dave"]
+            # Dave was shown the moderators only (and himself).
+            shown = {from_(x) for x in d.arrivals if x.xml.tag == f"{{{NS_CLIENT}}}presence"}
+            assert shown == {f"{room}/Alice", f"{room}/Dave"}
+            # Messages still reach everyone.
+            d.send_message(room, "crowd", "groupchat")
+            for s in (a, b, c, d):
+                await s.next_message(lambda m: body(m) == "crowd")
     run(go())

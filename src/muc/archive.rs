@@ -77,7 +77,7 @@ fn standalone(bytes: &[u8]) -> String {
 pub fn stamp(
     room: &Room,
     nick: &str,
-    real: &BareJid,
+    sender: &jid::FullJid,
     st: &xml::Stanza,
     out: Bytes,
 ) -> (Bytes, Option<Pending>) {
@@ -90,7 +90,7 @@ pub fn stamp(
             .and_then(|o| o.attr("id"))
             .map(str::to_string)
     });
-    prepare(room, nick, real.as_str(), origin_id, out)
+    prepare(room, nick, sender.to_bare().as_str(), origin_id, out)
 }
 
 /// [`stamp`] for a message the room itself sends (`from` the room's bare JID: XEP-0425

@@ -11,6 +11,8 @@ use crate::services::Service;
 use crate::stanza::BuilderExt;
 
 pub const NS_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+/// §7.4 (1.31): the room reflects the sender's message 'id'.
+pub const NS_STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
 
 fn feature(var: &str) -> Element {
     Element::builder("feature", NS_INFO).at("var", var).build()
@@ -33,6 +35,7 @@ pub fn service_info(svc: &MucService) -> Element {
                 NS_INFO,
                 NS_ITEMS,
                 NS_MUC,
+                NS_STABLE_ID,
                 NS_OCCUPANT_ID,
                 NS_SELF_PING,
                 "urn:xmpp:ping",
@@ -74,6 +77,7 @@ pub fn room_info(room: &Room) -> Element {
     let mut features = vec![
         NS_INFO,
         NS_MUC,
+        NS_STABLE_ID,
         NS_OCCUPANT_ID,
         NS_SELF_PING,
         pick(c.persistent, "muc_persistent", "muc_temporary"),

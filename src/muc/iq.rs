@@ -15,6 +15,7 @@ use crate::router::Deliver;
 use crate::stanza::{iq_result, Condition, ElementExt, StanzaError};
 
 const NS_PING: &str = "urn:xmpp:ping";
+const NS_VCARD: &str = "vcard-temp";
 
 /// The request's first child, or None for a result/error or an unparsable IQ.
 fn request(ctx: &Ctx<'_>) -> Option<(String, Element)> {
@@ -162,10 +163,17 @@ pub async fn to_occupant(ctx: &Ctx<'_>) {
             return bounce(ctx, StanzaError::new(Condition::ItemNotFound));
         };
         let from = format!("{}/{}", room.jid, sender.nick);
-        target.sessions.first().map(|s| (s.handle.clone(), from))
+        let vcard = t == "get" && el.get_child("vCard", NS_VCARD).is_some();
+        if vcard {
+            Err(target.real.clone())
+        } else {
+            Ok(target.sessions.first().map(|s| (s.handle.clone(), from)))
+        }
     };
-    let Some((handle, from)) = target else {
-        return bounce(ctx, StanzaError::new(Condition::ItemNotFound));
+    let (handle, from) = match target {
+        Ok(Some(t)) => t,
+        Ok(None) => return bounce(ctx, StanzaError::new(Condition::ItemNotFound)),
+        Err(real) => return vcard(ctx, &real).await,
     };
     let id = ctx.stanza.id.clone().unwrap_or_default();
     let Some(key) = ctx.svc.pending.insert(ctx.from.clone(), id) else {
@@ -202,4 +210,26 @@ fn reply_back(ctx: &Ctx<'_>, room_ref: &super::RoomRef, nick: &str) {
     el.put_attr("id", id.as_str());
     ctx.server
         .route(&jid::Jid::from(requester), crate::xml::to_bytes(&el));
+}
+
+/// A vCard request to an occupant is about the user, not a device: answered from the
+/// occupant's stored vCard (as Prosody routes it to the real bare JID), so clients show
+/// occupants' avatars (XEP-0153) without any of the occupant's clients answering.
+async fn vcard(ctx: &Ctx<'_>, real: &jid::BareJid) {
+    let Some(node) = real.node() else {
+        return bounce(ctx, StanzaError::new(Condition::ServiceUnavailable));
+    };
+    if !ctx.server.serves(real.domain().as_str()) {
+        return bounce(ctx, StanzaError::new(Condition::ServiceUnavailable));
+    }
+    let user = (real.domain().as_str(), node.as_str());
+    match ctx.server.storage.vcard().get(user).await {
+        Ok(Some(v)) => match v.xml.parse::<Element>() {
+            Ok(el) => answer(ctx, Some(el)),
+            Err(_) => bounce(ctx, StanzaError::new(Condition::InternalServerError)),
+        },
+        // As for anyone else's missing vCard (XEP-0054 §3.3).
+        Ok(None) => bounce(ctx, StanzaError::new(Condition::ServiceUnavailable)),
+        Err(e) => bounce(ctx, e.into()),
+    }
 }

@@ -60,10 +60,9 @@ fn contains(raw: &[u8], needle: &[u8]) -> bool {
 async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError> {
     let raw = ctx.stanza.raw();
     let is_subject = contains(raw, b"<subject") && !contains(raw, b"<body");
-    let real = ctx.from.to_bare();
     // XEP-0424: a retraction of an archived message is checked against its author first.
     let retracts = super::archive::retraction(ctx, room_ref).await?;
-    let (out, pending) = {
+    let pending = {
         let mut room = lock(room_ref);
         let Some(nick) = room.by_session.get(ctx.from) else {
             return Err(StanzaError::new(Condition::NotAcceptable));
@@ -79,7 +78,7 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
         let (out, pending) = if is_subject {
             (out, None)
         } else {
-            super::archive::stamp(&room, &occ.nick, &real, ctx.stanza, out)
+            super::archive::stamp(&room, &occ.nick, ctx.from, ctx.stanza, out)
         };
         if is_subject {
             if !may_set_subject {
@@ -99,9 +98,8 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
         for o in room.occupants.values() {
             o.push(&out);
         }
-        (out, pending)
+        pending
     };
-    drop(out);
     if is_subject {
         ctx.svc.persist(ctx.server, room_ref).await;
     }

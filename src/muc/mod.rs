@@ -54,7 +54,8 @@ pub struct MucConfig {
     /// Above this many occupants a room is "crowded" (ejabberd's max_users_presence): the
     /// presence of non-moderators is announced only to moderators, and a joining occupant
     /// receives only the moderators' presence, so joins stay O(moderators) instead of O(N).
-    /// 0: no limit.
+    /// 0: no limit beyond the one `limits.session_queue` imposes (a joiner's queue must hold
+    /// every presence, the history and the subject).
     pub max_presence_broadcast: usize,
     /// Upper bound for a room's `max_occupants` (and the limit when a room sets none); 0: no
     /// limit.
@@ -85,6 +86,10 @@ pub struct MucService {
     pub rooms: Arc<Rooms>,
     /// IQs forwarded between occupants awaiting their reply.
     pub pending: iq::Pending,
+    /// The crowded-room threshold in effect: `max_presence_broadcast`, but never so high
+    /// that a joiner's own queue (`limits.session_queue`) could overflow with the occupants'
+    /// presence, history and subject pushed while its session task is busy joining.
+    pub presence_limit: usize,
 }
 
 /// What a handler gets for one stanza.
@@ -109,7 +114,17 @@ impl MucService {
         } else {
             c.domain.to_ascii_lowercase()
         };
+        let cap = config
+            .limits
+            .session_queue
+            .saturating_sub(c.max_history + 16)
+            .max(1);
+        let presence_limit = match c.max_presence_broadcast {
+            0 => cap,
+            n => n.min(cap),
+        };
         Some(MucService {
+            presence_limit,
             domain,
             config: c.clone(),
             rooms: Arc::new(Rooms::default()),

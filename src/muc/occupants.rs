@@ -286,7 +286,7 @@ async fn available(ctx: &Ctx<'_>, name: &str, nick: &str) {
     let Ok(el) = ctx.stanza.element() else {
         return;
     };
-    let limit = ctx.svc.config.max_presence_broadcast;
+    let limit = ctx.svc.presence_limit;
     let room_ref = match ctx.svc.room(ctx.server, name).await {
         Some(r) => r,
         None => match create(ctx, name) {
@@ -369,6 +369,7 @@ fn join(
     if let Some(o) = room.occupants.get_mut(nick) {
         o.sessions.push(session);
         o.presence = payload(el);
+        refresh(&mut room, nick);
     } else {
         let role = aff.default_role(room.config.moderated);
         let occupant_id = super::occupant_id::occupant_id(&room.secret, real.as_str());
@@ -558,7 +559,7 @@ async fn unavailable(ctx: &Ctx<'_>, name: &str) {
     let Some(room_ref) = ctx.svc.rooms.get(name) else {
         return;
     };
-    let limit = ctx.svc.config.max_presence_broadcast;
+    let limit = ctx.svc.presence_limit;
     {
         let mut room = lock(&room_ref);
         let Some(nick) = room.by_session.get(ctx.from).cloned() else {

@@ -6,9 +6,11 @@ use minidom::Element;
 
 use super::form::{self, NS_DATA};
 use super::occupants::{self, status, ItemExtra};
-use super::room::{lock, Affiliation, RoomRef};
-use super::{Ctx, NS_OWNER};
+use super::room::{lock, Affiliation, Room, RoomConfig, RoomRef, Whois};
+use super::{Ctx, NS_OWNER, NS_USER};
+use crate::stanza::BuilderExt;
 use crate::stanza::{Condition, StanzaError};
+use crate::xml::NS_CLIENT;
 
 /// An IQ with `<query xmlns='muc#owner'/>` to the room. Ok(Some) is the result's payload.
 pub async fn handle(
@@ -59,7 +61,7 @@ pub async fn handle(
 }
 
 async fn submit(ctx: &Ctx<'_>, room_ref: &RoomRef, x: &Element) -> Result<(), StanzaError> {
-    let limit = ctx.svc.config.max_presence_broadcast;
+    let limit = ctx.svc.presence_limit;
     let was_persistent = {
         let mut room = lock(room_ref);
         let cfg = form::apply(
@@ -69,10 +71,11 @@ async fn submit(ctx: &Ctx<'_>, room_ref: &RoomRef, x: &Element) -> Result<(), St
             ctx.svc.config.max_history,
         )?;
         let was_persistent = room.config.persistent;
+        let codes = change_codes(&room.config, &cfg);
         let became_members_only = cfg.members_only && !room.config.members_only;
         let moderated_changed = cfg.moderated != room.config.moderated;
         room.config = cfg;
-        room.locked = false;
+        let was_locked = std::mem::replace(&mut room.locked, false);
         while room.history.len() > room.config.history_length {
             room.history.pop_front();
         }
@@ -108,6 +111,9 @@ async fn submit(ctx: &Ctx<'_>, room_ref: &RoomRef, x: &Element) -> Result<(), St
                 occupants::announce(&mut room, &n, &[status::SELF], limit);
             }
         }
+        if !was_locked && !codes.is_empty() {
+            announce_change(&room, &codes);
+        }
         was_persistent
     };
     let persistent = lock(room_ref).config.persistent;
@@ -121,4 +127,41 @@ async fn submit(ctx: &Ctx<'_>, room_ref: &RoomRef, x: &Element) -> Result<(), St
         occupants::forget_if_empty(ctx.svc, room_ref);
     }
     Ok(())
+}
+
+/// §10.2.1 status codes for a configuration change: 104 (changed), 170/171 (logging on/off),
+/// 172/173 (non-anonymous/semi-anonymous). Empty when nothing changed.
+fn change_codes(old: &RoomConfig, new: &RoomConfig) -> Vec<u16> {
+    if old == new {
+        return Vec::new();
+    }
+    let mut codes = vec![104];
+    if old.logging != new.logging {
+        codes.push(if new.logging { 170 } else { 171 });
+    }
+    if old.whois != new.whois {
+        codes.push(if new.whois == Whois::Anyone { 172 } else { 173 });
+    }
+    codes
+}
+
+/// Tell every occupant the configuration changed (a message from the room's bare JID).
+fn announce_change(room: &Room, codes: &[u16]) {
+    let mut x = Element::builder("x", NS_USER);
+    for c in codes {
+        x = x.append(
+            Element::builder("status", NS_USER)
+                .at("code", c.to_string())
+                .build(),
+        );
+    }
+    let m = Element::builder("message", NS_CLIENT)
+        .at("type", "groupchat")
+        .at("id", crate::stanza::random_id())
+        .append(x.build())
+        .build();
+    let bytes = super::fanout_bytes(&m, room.jid.as_str());
+    for o in room.occupants.values() {
+        o.push(&bytes);
+    }
 }
