@@ -242,7 +242,7 @@ def test_message_moderation_leaves_a_tombstone(server, accounts):
 
 
 def test_retraction_of_own_message(server, accounts):
-    a, b, c = accounts(server, "rta", "rtb", "rtc")
+    a, b, c, d = accounts(server, "rta", "rtb", "rtc", "rtd")
     room = new_room("retract")
 
     async def scenario():
@@ -274,6 +274,13 @@ def test_retraction_of_own_message(server, accounts):
             assert tomb.find(q(NS_RETRACT, "retracted")).get("id") == "rt1"
             # The retraction itself is archived (XEP-0424 §5).
             assert [m for _, m, _ in results if m.get("id") == "rt1"]
+            # A later joiner's history has the tombstone, never the original text.
+            async with online(server, d, PASSWORD) as dave:
+                assert "110" in codes(await join(dave, room, "Dave"))
+                await dave.next_message(lambda m: m.xml.find(q(NS_CLIENT, "subject")) is not None)
+                history = [m for m in dave.messages.drain() if frm(m) == f"{room}/Bob"]
+                assert all(body_of(m.xml) != "oops wrong room" for m in history), history
+                assert any(m.xml.find(q(NS_RETRACT, "retracted")) is not None for m in history)
     run(scenario())
 
 

@@ -85,11 +85,15 @@ pub fn stamp(
     if !room.config.logging || !worth_archiving(st) {
         return (out, None);
     }
-    let origin_id = st.element().ok().and_then(|el| {
-        el.get_child("origin-id", NS_SID)
-            .and_then(|o| o.attr("id"))
-            .map(str::to_string)
-    });
+    let has_origin = contains(st.raw(), b"origin-id");
+    let origin_id = has_origin
+        .then(|| st.element().ok())
+        .flatten()
+        .and_then(|el| {
+            el.get_child("origin-id", NS_SID)
+                .and_then(|o| o.attr("id"))
+                .map(str::to_string)
+        });
     prepare(room, nick, sender.to_bare().as_str(), origin_id, out)
 }
 
@@ -349,14 +353,31 @@ pub async fn tombstone(
     tomb.append_child(retracted);
     let text = String::from_utf8_lossy(&xml::to_bytes(&tomb)).into_owned();
     m.replace_archived(key, uid, &text).await?;
-    let needle = format!("id='{uid}'");
     let mut room = lock(room_ref);
+    let room_jid = room.jid.clone();
     for e in room.history.iter_mut() {
-        if contains(&e.bytes, needle.as_bytes()) {
+        // Only the entry whose own stanza-id is `uid` (a retraction names it too).
+        if contains(&e.bytes, uid.as_bytes())
+            && stanza_id_of(&e.bytes, &room_jid).as_deref() == Some(uid)
+        {
             e.bytes = Bytes::from(text.clone());
         }
     }
     Ok(true)
+}
+
+/// The room's stanza-id of a message, read from its bytes.
+fn stanza_id_of(bytes: &[u8], room: &BareJid) -> Option<String> {
+    let el: Element = standalone(bytes).parse().ok()?;
+    el.children()
+        .filter(|c| c.is("stanza-id", NS_SID))
+        .find(|c| {
+            c.attr("by")
+                .and_then(|b| BareJid::new(b).ok())
+                .is_some_and(|b| b == *room)
+        })
+        .and_then(|c| c.attr("id"))
+        .map(str::to_string)
 }
 
 /// The `<retracted/>` of a XEP-0424 self-retraction tombstone.
@@ -438,6 +459,16 @@ mod tests {
         assert!(!text.contains("forged") && text.contains("keep") && text.contains("<body>x"));
         let plain = Bytes::from_static(b"<message><body>y</body></message>");
         assert_eq!(strip_spoofed_ids(&r, plain.clone()), plain);
+    }
+
+    #[test]
+    fn stanza_id_of_reads_the_rooms_own_id() {
+        let r = BareJid::new("lobby@conference.d").unwrap();
+        let retraction = b"<message from='lobby@conference.d/n'>\
+            <retract xmlns='urn:xmpp:message-retract:1' id='aaa'/>\
+            <stanza-id xmlns='urn:xmpp:sid:0' by='lobby@conference.d' id='bbb'/></message>";
+        assert_eq!(stanza_id_of(retraction, &r).as_deref(), Some("bbb"));
+        assert_eq!(stanza_id_of(b"<message/>", &r), None);
     }
 
     #[test]
