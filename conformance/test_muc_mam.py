@@ -79,6 +79,13 @@ def test_room_archive_paging_with_live_stanza_ids(server, accounts):
                 assert frm(outer) == room
                 assert fwd_msg.get("from") == f"{room}/Alice"
                 assert fwd_msg.get("type") == "groupchat"
+            # Real JIDs (XEP-0313 §5.1.2): not for a participant of a semi-anonymous room,
+            # shown to its owner.
+            user_item = f"{{{NS_MUC}#user}}x/{{{NS_MUC}#user}}item"
+            assert all(m.find(user_item) is None for _, m, _ in after)
+            _, _, owner_view = await mam(alice, room, max=2)
+            assert [m.find(user_item).get("jid") for _, m, _ in owner_view] == \
+                [f"{a}@localhost"] * 2
             # Private messages are not archived.
             bob.send_raw(f"<message to='{room}/Alice' type='chat'><body>psst</body></message>")
             await alice.next_message(lambda m: body_of(m.xml) == "psst")

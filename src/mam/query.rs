@@ -268,17 +268,28 @@ pub async fn run(
     q: Query,
     out: &mut BytesMut,
 ) -> Result<Element, StanzaError> {
-    run_on(server, user_of(owner).into(), owner, requester, q, out).await
+    run_on(
+        server,
+        user_of(owner).into(),
+        owner,
+        requester,
+        q,
+        false,
+        out,
+    )
+    .await
 }
 
 /// [`run`] on any archive: `of` says which (a user's or a MUC room's, XEP-0313 §5), `owner`
-/// is the JID the results come from.
+/// is the JID the results come from; `real_jids` adds the sender's real JID to room results
+/// (`<x xmlns='muc#user'><item jid/></x>`, §5.1.2) for a requester allowed to see it.
 pub async fn run_on(
     server: &ServerState,
     of: ArchiveOwner<'_>,
     owner: &BareJid,
     requester: &FullJid,
     q: Query,
+    real_jids: bool,
     out: &mut BytesMut,
 ) -> Result<Element, StanzaError> {
     let cfg = &server.config.mam;
@@ -350,7 +361,7 @@ pub async fn run_on(
     }
     let count = archive.count(user, &base).await?;
     let emit = |m: &ArchivedMessage, out: &mut BytesMut| {
-        write_result(out, owner, requester, q.queryid.as_deref(), m)
+        write_result(out, owner, requester, q.queryid.as_deref(), m, real_jids)
     };
     if q.flip {
         page.iter().rev().for_each(|m| emit(m, out));
@@ -394,6 +405,7 @@ fn write_result(
     requester: &FullJid,
     queryid: Option<&str>,
     m: &ArchivedMessage,
+    real_jids: bool,
 ) {
     let qid = queryid
         .map(|q| format!(" queryid='{}'", xml::escape(q)))
@@ -409,7 +421,22 @@ fn write_result(
         xep82_datetime(m.stamp_ms),
     );
     out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(m.stanza.as_bytes());
+    let end = m
+        .stanza
+        .rfind("</")
+        .filter(|_| real_jids && !m.sender.is_empty());
+    match end {
+        Some(end) => {
+            out.extend_from_slice(&m.stanza.as_bytes()[..end]);
+            let x = format!(
+                "<x xmlns='http://jabber.org/protocol/muc#user'><item jid='{}'/></x>",
+                xml::escape(&m.sender)
+            );
+            out.extend_from_slice(x.as_bytes());
+            out.extend_from_slice(&m.stanza.as_bytes()[end..]);
+        }
+        None => out.extend_from_slice(m.stanza.as_bytes()),
+    }
     out.extend_from_slice(b"</forwarded></result></message>");
 }
 

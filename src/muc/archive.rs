@@ -205,6 +205,17 @@ fn may_read(room: &Room, requester: &jid::FullJid) -> bool {
     !room.config.members_only || aff >= Affiliation::Member || room.occupant_of(requester).is_some()
 }
 
+/// Whether results show senders' real JIDs to this requester: everyone in a non-anonymous
+/// room; in a semi-anonymous one, those who see them live (moderators) and admins/owners.
+fn sees_real_jids(room: &Room, requester: &jid::FullJid) -> bool {
+    use super::room::{Affiliation, Role, Whois};
+    room.config.whois == Whois::Anyone
+        || room.affiliation(&requester.to_bare()) >= Affiliation::Admin
+        || room
+            .occupant_of(requester)
+            .is_some_and(|o| o.role == Role::Moderator)
+}
+
 /// A MAM query (or form/metadata request) to the room. Replies itself: the result messages
 /// first, then the IQ result with the `<fin/>`.
 pub async fn handle_iq(ctx: &Ctx<'_>, room_ref: &RoomRef, iq: &Element) -> Result<(), StanzaError> {
@@ -212,7 +223,7 @@ pub async fn handle_iq(ctx: &Ctx<'_>, room_ref: &RoomRef, iq: &Element) -> Resul
         .children()
         .next()
         .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
-    let room_jid = {
+    let (room_jid, real_jids) = {
         let room = lock(room_ref);
         if !room.config.logging {
             return Err(StanzaError::with_text(
@@ -223,7 +234,7 @@ pub async fn handle_iq(ctx: &Ctx<'_>, room_ref: &RoomRef, iq: &Element) -> Resul
         if !may_read(&room, ctx.from) {
             return Err(StanzaError::new(Condition::Forbidden));
         }
-        room.jid.clone()
+        (room.jid.clone(), sees_real_jids(&room, ctx.from))
     };
     let of = ArchiveOwner::Room((
         room_jid.domain().as_str(),
@@ -235,8 +246,10 @@ pub async fn handle_iq(ctx: &Ctx<'_>, room_ref: &RoomRef, iq: &Element) -> Resul
         ("query", true) => {
             let q = crate::mam::query::parse(payload)?;
             let mut out = BytesMut::new();
-            let fin =
-                crate::mam::query::run_on(ctx.server, of, &room_jid, ctx.from, q, &mut out).await?;
+            let fin = crate::mam::query::run_on(
+                ctx.server, of, &room_jid, ctx.from, q, real_jids, &mut out,
+            )
+            .await?;
             if !out.is_empty() {
                 reply(ctx, out.freeze());
             }

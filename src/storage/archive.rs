@@ -32,6 +32,9 @@ pub struct ArchivedMessage {
     pub stanza_id: String,
     pub stamp_ms: i64,
     pub stanza: String,
+    /// A room archive's sender real bare JID (XEP-0313 §5.1.2 shows it to those who may
+    /// see real JIDs); empty in user archives.
+    pub sender: String,
 }
 
 /// What a query selects, before paging. Row bounds are exclusive.
@@ -158,6 +161,13 @@ impl<'a> From<UserRef<'a>> for ArchiveOwner<'a> {
 }
 
 impl ArchiveOwner<'_> {
+    /// The column read as [`ArchivedMessage::sender`].
+    fn sender(&self) -> &'static str {
+        match self {
+            ArchiveOwner::User(_) => "''",
+            ArchiveOwner::Room(_) => "sender",
+        }
+    }
     fn table(&self) -> &'static str {
         match self {
             ArchiveOwner::User(_) => "archive",
@@ -371,7 +381,11 @@ impl Archive<'_> {
         let o = u.into();
         let mut sql = Sql::new(
             pg,
-            &format!("SELECT id, stanza_id, stamp_ms, stanza FROM {}", o.table()),
+            &format!(
+                "SELECT id, stanza_id, stamp_ms, stanza, {} FROM {}",
+                o.sender(),
+                o.table()
+            ),
         );
         where_clause(&mut sql, o, f);
         let order = match dir {
@@ -394,6 +408,7 @@ impl Archive<'_> {
                         stanza_id: col(r, 1)?,
                         stamp_ms: col(r, 2)?,
                         stanza: col(r, 3)?,
+                        sender: col(r, 4)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StorageError>>()?,
@@ -407,6 +422,7 @@ impl Archive<'_> {
                         stanza_id: col(r, 1)?,
                         stamp_ms: col(r, 2)?,
                         stanza: col(r, 3)?,
+                        sender: col(r, 4)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StorageError>>()?,
