@@ -62,7 +62,9 @@ pub async fn handle_destroy(
         r.name().to_string()
     };
     ctx.svc.rooms.remove(&name, room);
-    super::store::delete(ctx.server, &ctx.svc.domain, &name)
+    // Archive rows still queued would otherwise land after the deletion.
+    ctx.server.archive.writer.flush().await;
+    super::store::destroy(ctx.server, &ctx.svc.domain, &name)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, room = name, "deleting a destroyed room failed");

@@ -137,8 +137,20 @@ pub async fn save(
         .await
 }
 
-/// Forget a room (destroyed, or made temporary): its affiliations and archive go with it.
+/// Forget a room made temporary: its config and affiliations leave storage, its archive
+/// stays while the room lives (a new room of the same name purges it, see
+/// [`crate::mam::writer::Writer::forget_room`]).
 pub async fn delete(server: &ServerState, service: &str, name: &str) -> Result<(), StorageError> {
+    server
+        .storage
+        .muc()
+        .unstore((service, name))
+        .await
+        .map(|_| ())
+}
+
+/// Delete a destroyed room with its affiliations and archive.
+pub async fn destroy(server: &ServerState, service: &str, name: &str) -> Result<(), StorageError> {
     server
         .storage
         .muc()

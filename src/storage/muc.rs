@@ -275,6 +275,59 @@ impl MucRooms<'_> {
         Ok(n > 0)
     }
 
+    /// Turn a stored room into a placeholder (see [`MucRooms::archive_batch`]): its config,
+    /// subject and affiliations go, its archive stays (a persistent room made temporary
+    /// keeps its history while it lives). Ok(false) when the room was not stored.
+    pub async fn unstore(&self, r: UserRef<'_>) -> Result<bool, StorageError> {
+        let n = match &self.s.db {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "DELETE FROM muc_affiliations WHERE room_id =
+                         (SELECT id FROM muc_rooms WHERE service = ? AND node = ?)",
+                )
+                .bind(r.0)
+                .bind(r.1)
+                .execute(&mut *tx)
+                .await?;
+                let n = sqlx::query(
+                    "UPDATE muc_rooms SET config = '', subject = NULL, subject_by = ''
+                     WHERE service = ? AND node = ?",
+                )
+                .bind(r.0)
+                .bind(r.1)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                n
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "DELETE FROM muc_affiliations WHERE room_id =
+                         (SELECT id FROM muc_rooms WHERE service = $1 AND node = $2)",
+                )
+                .bind(r.0)
+                .bind(r.1)
+                .execute(&mut *tx)
+                .await?;
+                let n = sqlx::query(
+                    "UPDATE muc_rooms SET config = '', subject = NULL, subject_by = ''
+                     WHERE service = $1 AND node = $2",
+                )
+                .bind(r.0)
+                .bind(r.1)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                n
+            }
+        };
+        Ok(n > 0)
+    }
+
     /// Delete a placeholder room row (see [`MucRooms::archive_batch`]) with its archive;
     /// a configured (persistent) room is left alone. Ok(false) when nothing was deleted.
     pub async fn delete_placeholder(&self, r: UserRef<'_>) -> Result<bool, StorageError> {

@@ -202,6 +202,13 @@ async fn muc_room_snapshot_replace(s: &Storage, _t: &Target) {
         .await
         .is_err());
     assert_eq!(m.room(r).await.unwrap().unwrap().config, "v2");
+    // Made temporary: a placeholder keeping the archive.
+    assert!(m.unstore(r).await.unwrap());
+    let got = m.room(r).await.unwrap().unwrap();
+    assert!(got.is_placeholder() && got.subject.is_none());
+    assert!(m.affiliations(r).await.unwrap().is_empty());
+    assert_eq!(rows(s, "muc_archive").await, 1);
+    assert!(!m.unstore(("conference.d", "nope")).await.unwrap());
 }
 
 both!(muc_archive_expiry);
