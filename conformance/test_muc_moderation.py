@@ -367,3 +367,43 @@ def test_direct_invitation_passes_through(server, accounts):
                 (room, "Come", "pw", "t1")
             assert frm(m).split("/")[0] == f"{a}@localhost"
     run(scenario())
+
+
+def test_voice_request_approved_by_a_moderator(server, accounts):
+    a, b = accounts(server, "vra", "vrb")
+    room = new_room("askvoice")
+    ns_data, ns_req = "jabber:x:data", "http://jabber.org/protocol/muc#request"
+
+    def fields(x) -> dict:
+        return {f.get("var"): [v.text for v in f.findall(q(ns_data, "value"))]
+                for f in x.findall(q(ns_data, "field"))}
+
+    async def scenario():
+        async with online(server, a, PASSWORD) as alice, online(server, b, PASSWORD) as bob:
+            await create(alice, room, "Alice", moderated=True)
+            assert item(await join(bob, room, "Bob")).get("role") == "visitor"
+            bob.send_raw(f"<message to='{room}'><x xmlns='{ns_data}' type='submit'>"
+                         f"<field var='FORM_TYPE'><value>{ns_req}</value></field>"
+                         f"<field var='muc#role'><value>participant</value></field>"
+                         f"</x></message>")
+            req = await alice.next_message(lambda m: frm(m) == room
+                                           and m.xml.find(q(ns_data, "x")) is not None)
+            form = fields(req.xml.find(q(ns_data, "x")))
+            assert form["FORM_TYPE"] == [ns_req]
+            assert form["muc#roomnick"] == ["Bob"]
+            assert form["muc#jid"][0].split("/")[0] == f"{b}@localhost"
+            # A visitor cannot approve (his own) request.
+            approval = (f"<message to='{room}'><x xmlns='{ns_data}' type='submit'>"
+                        f"<field var='FORM_TYPE'><value>{ns_req}</value></field>"
+                        f"<field var='muc#role'><value>participant</value></field>"
+                        f"<field var='muc#roomnick'><value>Bob</value></field>"
+                        f"<field var='muc#request_allow'><value>true</value></field>"
+                        f"</x></message>")
+            bob.send_raw(approval)
+            err = await bob.next_message(lambda m: m.xml.get("type") == "error")
+            assert error_of(err) == "forbidden"
+            alice.send_raw(approval)
+            p = await bob.next_presence(lambda p: frm(p) == f"{room}/Bob"
+                                        and item(p).get("role") == "participant")
+            assert "110" in codes(p)
+    run(scenario())

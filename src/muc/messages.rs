@@ -47,7 +47,14 @@ pub async fn to_room(ctx: &Ctx<'_>) {
                         bounce(ctx, e);
                     }
                 }
-                None => bounce(ctx, StanzaError::new(Condition::BadRequest)),
+                None => match el.get_child("x", "jabber:x:data") {
+                    Some(x) if super::voice::is_request(x) => {
+                        if let Err(e) = super::voice::handle(ctx, &room_ref, x).await {
+                            bounce(ctx, e);
+                        }
+                    }
+                    _ => bounce(ctx, StanzaError::new(Condition::BadRequest)),
+                },
             }
         }
     }

@@ -25,6 +25,7 @@ pub mod room;
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod voice;
 
 use bytes::Bytes;
 use jid::{FullJid, Jid};
