@@ -258,13 +258,15 @@ def test_muc_join_and_leave_status_codes(server):
                 err = await join(c, room, "Bob")
                 assert error_condition(err.xml) == "conflict"
             # Leaving: 110 to self, unavailable to the others.
-            b.send_raw(f"<presence to='{room}/Bob' type='unavailable'/>")
+            b.send_raw(f"<presence to='{room}/Bob' type='unavailable'><status>bye</status>"
+                       f"</presence>")
             own = await b.next_presence(lambda p: from_(p) == f"{room}/Bob"
                                         and ptype(p) == "unavailable")
             assert 110 in codes(own)
             left = await a.next_presence(lambda p: from_(p) == f"{room}/Bob"
                                          and ptype(p) == "unavailable")
             assert item(left).get("role") == "none" and 110 not in codes(left)
+            assert left.xml.find(f"{{{NS_CLIENT}}}status").text == "bye"
     run(go())
 
 

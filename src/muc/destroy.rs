@@ -59,9 +59,10 @@ pub async fn handle_destroy(
         r.by_session.clear();
         r.moderators.clear();
         r.history.clear();
+        // Out of the registry under the lock: a joiner that raced with us looks again.
+        super::occupants::forget(ctx.svc, &mut r, room);
         r.name().to_string()
     };
-    ctx.svc.rooms.remove(&name, room);
     // Archive rows still queued would otherwise land after the deletion.
     ctx.server.archive.writer.flush().await;
     super::store::destroy(ctx.server, &ctx.svc.domain, &name)

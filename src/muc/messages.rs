@@ -66,7 +66,9 @@ fn contains(raw: &[u8], needle: &[u8]) -> bool {
 
 async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError> {
     let raw = ctx.stanza.raw();
-    let is_subject = contains(raw, b"<subject") && !contains(raw, b"<body");
+    let has_body = contains(raw, b"<body");
+    // §8.1: a subject change is a groupchat message with a subject and no body.
+    let is_subject = !has_body && contains(raw, b"<subject");
     // XEP-0424: a retraction of an archived message is checked against its author first.
     let retracts = super::archive::retraction(ctx, room_ref).await?;
     let pending = {
@@ -96,7 +98,7 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
                 nick: occ.nick.clone(),
                 text,
             });
-        } else if contains(raw, b"<body") {
+        } else if has_body {
             room.remember(HistoryEntry {
                 bytes: out.clone(),
                 at_ms: now_ms(),

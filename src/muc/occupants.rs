@@ -56,7 +56,13 @@ pub fn presence_bytes(
     let from = format!("{}/{}", room.jid, occ.nick);
     let mut p = Element::builder("presence", NS_CLIENT).at("from", from.as_str());
     if unavailable {
-        p = p.at("type", "unavailable");
+        // §7.14: the leave's own status text goes with it.
+        p = p.at("type", "unavailable").append_all(
+            occ.presence
+                .iter()
+                .filter(|c| c.is("status", NS_CLIENT))
+                .cloned(),
+        );
     } else {
         p = p.append_all(occ.presence.iter().cloned());
     }
@@ -244,13 +250,18 @@ pub fn set_affiliation(
 /// Drop a room that became empty unless persistent (§10.1.3: a temporary room is destroyed
 /// when the last occupant exits).
 pub fn forget_if_empty(svc: &super::MucService, room_ref: &RoomRef) {
-    let (empty, persistent, name) = {
-        let r = lock(room_ref);
-        (r.is_empty(), r.is_persistent(), r.name().to_string())
-    };
-    if empty && !persistent {
-        svc.rooms.remove(&name, room_ref);
+    let mut r = lock(room_ref);
+    if r.is_empty() && !r.is_persistent() {
+        forget(svc, &mut r, room_ref);
     }
+}
+
+/// Take a room out of the registry, marking it [`Room::removed`] under its lock so a joiner
+/// that looked it up just before retries with a fresh lookup instead of entering a room
+/// nobody can reach. Lock order: a room's lock, then the registry's (never the reverse).
+pub fn forget(svc: &super::MucService, room: &mut Room, room_ref: &RoomRef) {
+    room.removed = true;
+    svc.rooms.remove(room.name(), room_ref);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -287,40 +298,45 @@ async fn available(ctx: &Ctx<'_>, name: &str, nick: &str) {
         return;
     };
     let limit = ctx.svc.presence_limit;
-    let room_ref = match ctx.svc.room(ctx.server, name).await {
-        Some(r) => r,
-        None => match create(ctx, name) {
-            Ok(r) => r,
-            Err(e) => return bounce(ctx, e),
-        },
-    };
-    // Already in the room under this or another nick: a presence update or nick change.
-    let current = lock(&room_ref).by_session.get(ctx.from).cloned();
-    match current {
-        Some(cur) if cur == nick => {
-            let mut room = lock(&room_ref);
-            if let Some(o) = room.occupants.get_mut(nick) {
-                o.presence = payload(&el);
+    // A room removed (emptied, destroyed) between the lookup and the lock: look again.
+    for _ in 0..3 {
+        let room_ref = match ctx.svc.room(ctx.server, name).await {
+            Some(r) => r,
+            None => match create(ctx, name) {
+                Ok(r) => r,
+                Err(e) => return bounce(ctx, e),
+            },
+        };
+        // Already in the room under this or another nick: a presence update or nick change.
+        let current = {
+            let room = lock(&room_ref);
+            if room.removed {
+                continue;
             }
-            announce(&mut room, nick, &[status::SELF], limit);
-        }
-        Some(cur) => {
-            let res = change_nick(ctx, &room_ref, &cur, nick, &el, limit);
-            if let Err(e) = res {
-                bounce(ctx, e);
-            }
-        }
-        None => {
-            let res = join(ctx, &room_ref, nick, &el, limit);
-            match res {
-                Ok(()) => {}
-                Err(e) => {
-                    bounce(ctx, e);
-                    forget_if_empty(ctx.svc, &room_ref);
+            room.by_session.get(ctx.from).cloned()
+        };
+        let res = match current {
+            Some(cur) if cur == nick => {
+                let mut room = lock(&room_ref);
+                if let Some(o) = room.occupants.get_mut(nick) {
+                    o.presence = payload(&el);
                 }
+                announce(&mut room, nick, &[status::SELF], limit);
+                Ok(true)
+            }
+            Some(cur) => change_nick(ctx, &room_ref, &cur, nick, &el, limit).map(|()| true),
+            None => join(ctx, &room_ref, nick, &el, limit),
+        };
+        match res {
+            Ok(true) => return,
+            Ok(false) => continue,
+            Err(e) => {
+                bounce(ctx, e);
+                return forget_if_empty(ctx.svc, &room_ref);
             }
         }
     }
+    bounce(ctx, StanzaError::new(Condition::ServiceUnavailable));
 }
 
 /// §10.1.1: entering a room that does not exist creates it, locked, with the sender as owner.
@@ -340,13 +356,15 @@ fn create(ctx: &Ctx<'_>, name: &str) -> Result<RoomRef, StanzaError> {
     Ok(ctx.svc.rooms.insert(room).0)
 }
 
+/// Enter the room (§7.2): checks, the occupant (or one more session of it), the others'
+/// presence, self-presence, history, subject. Ok(false): the room was removed meanwhile.
 fn join(
     ctx: &Ctx<'_>,
     room_ref: &RoomRef,
     nick: &str,
     el: &Element,
     limit: usize,
-) -> Result<(), StanzaError> {
+) -> Result<bool, StanzaError> {
     let real = ctx.from.to_bare();
     let handle = ctx
         .server
@@ -356,6 +374,9 @@ fn join(
         .ok_or_else(|| StanzaError::new(Condition::ServiceUnavailable))?;
     let x = el.get_child("x", NS_MUC);
     let mut room = lock(room_ref);
+    if room.removed {
+        return Ok(false);
+    }
     let aff = room.affiliation(&real);
     let is_new_room = room.locked && room.occupants.is_empty() && aff == Affiliation::Owner;
     check_entry(ctx, &room, nick, &real, aff, x)?;
@@ -429,7 +450,7 @@ fn join(
     // §7.2.15 history, then §7.2.16 the subject (always: it marks the end of history).
     history::send(&room, x, &handle);
     handle.send(Deliver::ToSelf(subject_bytes(&room)));
-    Ok(())
+    Ok(true)
 }
 
 /// The §7.2 entry checks, in the order the spec lists them.
@@ -584,6 +605,11 @@ async fn unavailable(ctx: &Ctx<'_>, name: &str) {
             }
         } else {
             // The leave's own status text goes with the unavailable presence.
+            if let Ok(el) = ctx.stanza.element() {
+                if let Some(o) = room.occupants.get_mut(&nick) {
+                    o.presence = payload(&el);
+                }
+            }
             remove_occupant(&mut room, &nick, &[], ItemExtra::default(), limit);
         }
     }

@@ -46,9 +46,7 @@ pub async fn handle(
                 for n in nicks {
                     occupants::remove_occupant(&mut room, &n, &[], ItemExtra::default(), 0);
                 }
-                let name = room.name().to_string();
-                drop(room);
-                ctx.svc.rooms.remove(&name, room_ref);
+                occupants::forget(ctx.svc, &mut room, room_ref);
             }
             Ok(None)
         }

@@ -255,6 +255,9 @@ pub struct Room {
     /// Nicks of the occupants with the moderator role: crowded rooms announce presence to
     /// them only, without scanning every occupant.
     pub moderators: HashSet<String>,
+    /// Taken out of the registry (emptied, cancelled, destroyed): whoever still holds a
+    /// reference must look the room up again (see `occupants::forget`).
+    pub removed: bool,
 }
 
 impl Room {
@@ -270,6 +273,7 @@ impl Room {
             locked: false,
             secret: rand::random(),
             moderators: HashSet::new(),
+            removed: false,
         }
     }
 

@@ -178,3 +178,27 @@ fn stored_rooms_round_trip() {
     assert_eq!(back.stored(), s);
     assert_eq!(back.jid.as_str(), "r@conference.x");
 }
+
+#[test]
+fn ten_thousand_joins_stay_far_from_quadratic_in_a_crowded_room() {
+    let mut r = room();
+    let limit = 500;
+    let mut boxes = vec![add(&mut r, "boss", Affiliation::Owner)];
+    occupants::announce(&mut r, "boss", &[status::SELF], limit);
+    for i in 0..10_000 {
+        let nick = format!("u{i}");
+        boxes.push(add(&mut r, &nick, Affiliation::None));
+        occupants::announce(&mut r, &nick, &[status::SELF], limit);
+    }
+    let queued: usize = boxes.iter().map(|b| take(b).len()).sum();
+    // Up to the limit every join reaches everyone (~limit²/2); beyond it only the moderator
+    // and the joiner: ~2 per join. Quadratic would be ~50 million.
+    let bound = limit * limit / 2 + limit + 2 * 10_000 + 10;
+    assert!(queued <= bound, "{queued} presences queued, bound {bound}");
+    // And a message is one push per session.
+    let msg = Bytes::from_static(b"<message type='groupchat'><body>x</body></message>");
+    for o in r.occupants.values() {
+        o.push(&msg);
+    }
+    assert!(boxes.iter().all(|b| take(b).len() == 1));
+}
