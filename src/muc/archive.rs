@@ -195,14 +195,17 @@ pub fn handles_namespace(ns: &str) -> bool {
     ns == NS_MAM
 }
 
-/// XEP-0313 §5: who may read a room's archive now.
+/// XEP-0313 §5: who may read a room's archive now ("has the right to enter it"): never an
+/// outcast; in a members-only or password-protected room, members, admins, owners and
+/// whoever is in the room now (they got in: with the password, or invited).
 fn may_read(room: &Room, requester: &jid::FullJid) -> bool {
     use super::room::Affiliation;
     let aff = room.affiliation(&requester.to_bare());
     if aff == Affiliation::Outcast {
         return false;
     }
-    !room.config.members_only || aff >= Affiliation::Member || room.occupant_of(requester).is_some()
+    let restricted = room.config.members_only || !room.config.password.is_empty();
+    !restricted || aff >= Affiliation::Member || room.occupant_of(requester).is_some()
 }
 
 /// Whether results show senders' real JIDs to this requester: everyone in a non-anonymous
@@ -447,6 +450,23 @@ mod tests {
             BareJid::new("lobby@conference.d").unwrap(),
             RoomConfig::default(),
         )
+    }
+
+    #[test]
+    fn who_may_read_the_archive() {
+        use super::super::room::Affiliation;
+        let jid = |s: &str| jid::FullJid::new(s).unwrap();
+        let (member, stranger, banned) = (jid("m@d/x"), jid("s@d/x"), jid("b@d/x"));
+        let mut r = room();
+        r.affiliations.insert(member.to_bare(), Affiliation::Member);
+        r.affiliations
+            .insert(banned.to_bare(), Affiliation::Outcast);
+        assert!(may_read(&r, &member) && may_read(&r, &stranger) && !may_read(&r, &banned));
+        r.config.members_only = true;
+        assert!(may_read(&r, &member) && !may_read(&r, &stranger));
+        r.config.members_only = false;
+        r.config.password = "pw".into();
+        assert!(may_read(&r, &member) && !may_read(&r, &stranger));
     }
 
     #[test]
