@@ -85,11 +85,21 @@ impl Writer {
     /// synchronous path; a full queue hands the request to a task.
     pub fn forget_room(&self, service: &str, node: &str) {
         let op = Op::ForgetRoom(service.to_string(), node.to_string());
-        if let Err(mpsc::error::TrySendError::Full(op)) = self.tx.try_send(op) {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(op).await;
-            });
+        // Counted like a row, so a query's flush waits for the deletion too.
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(op) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(op)) => {
+                let (tx, pending) = (self.tx.clone(), self.pending.clone());
+                tokio::spawn(async move {
+                    if tx.send(op).await.is_err() {
+                        pending.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 
@@ -162,6 +172,7 @@ async fn run(
             if let Err(e) = storage.muc().delete_placeholder((&service, &node)).await {
                 tracing::error!(error = %e, room = node, "deleting a room archive failed");
             }
+            pending.fetch_sub(1, Ordering::SeqCst);
         }
         for b in barriers.drain(..) {
             let _ = b.send(());
@@ -287,6 +298,49 @@ mod tests {
         );
         assert_eq!(w.pending.load(Ordering::SeqCst), 0);
         w.flush().await; // nothing pending: returns at once
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_room_is_ordered_with_rows_and_flushed() {
+        use crate::storage::NewRoomArchived;
+        let s = Storage::connect("sqlite::memory:").await.unwrap();
+        let w = Writer::start(s.clone(), &MamConfig::default());
+        let room_row = |id: &str| NewRoomArchived {
+            room: ("conference.d".into(), "tmp".into()),
+            stanza_id: id.into(),
+            stamp_ms: 1,
+            nick: "n".into(),
+            origin_id: None,
+            sender: "u@d".into(),
+            stanza: "<message xmlns='jabber:client'/>".into(),
+        };
+        // Old incarnation's row, the purge, then the new incarnation's row.
+        w.write_room(vec![room_row("old")]).await;
+        w.forget_room("conference.d", "tmp");
+        w.write_room(vec![room_row("new")]).await;
+        w.flush().await;
+        let page = s
+            .archive()
+            .page(
+                crate::storage::ArchiveOwner::Room(("conference.d", "tmp")),
+                &ArchiveFilter::default(),
+                Direction::Forward,
+                10,
+            )
+            .await
+            .unwrap();
+        let ids: Vec<_> = page.iter().map(|m| m.stanza_id.as_str()).collect();
+        assert_eq!(ids, ["new"]);
+        // A purge alone is waited for too.
+        w.forget_room("conference.d", "tmp");
+        w.flush().await;
+        assert_eq!(w.pending.load(Ordering::SeqCst), 0);
+        assert!(s
+            .muc()
+            .room(("conference.d", "tmp"))
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]
