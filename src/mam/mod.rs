@@ -94,7 +94,7 @@ async fn handle(req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
 }
 
 /// XEP-0334 hints and payloads that make a message worth archiving (Prosody's rules).
-fn worth_archiving(el: &Element) -> bool {
+pub(crate) fn worth_archiving(el: &Element) -> bool {
     if el.has_child("no-store", NS_HINTS) || el.has_child("no-permanent-store", NS_HINTS) {
         return false;
     }
@@ -137,7 +137,7 @@ fn strip_spoofed(el: &mut Element, recipient: &BareJid) -> bool {
 /// time prefix makes them sort by creation, so inserting into the per-account unique index
 /// appends at the end of the account's range instead of touching a random B-tree page per
 /// row (with fully random UIDs, that index was most of an archive write's cost on SQLite).
-fn new_uid() -> String {
+pub(crate) fn new_uid() -> String {
     use std::fmt::Write;
     let ms = u64::try_from(crate::stanza::now_ms()).unwrap_or(0) & 0xffff_ffff_ffff;
     let rnd: [u8; 10] = rand::random();

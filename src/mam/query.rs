@@ -14,7 +14,7 @@ use minidom::Element;
 use super::{NS_MAM, NS_RSM};
 use crate::server::ServerState;
 use crate::stanza::{parse_jid, xep82_datetime, BuilderExt, Condition, StanzaError};
-use crate::storage::{ArchiveFilter, ArchivedMessage, Direction};
+use crate::storage::{ArchiveFilter, ArchiveOwner, ArchivedMessage, Direction};
 use crate::xml;
 
 const NS_DATA: &str = "jabber:x:data";
@@ -245,11 +245,11 @@ fn user_of(j: &BareJid) -> (&str, &str) {
     )
 }
 
-async fn row(server: &ServerState, owner: &BareJid, uid: &str) -> Result<i64, StanzaError> {
+async fn row(server: &ServerState, of: ArchiveOwner<'_>, uid: &str) -> Result<i64, StanzaError> {
     server
         .storage
         .archive()
-        .row_of(user_of(owner), uid)
+        .row_of(of, uid)
         .await?
         .ok_or_else(|| {
             StanzaError::with_text(
@@ -268,6 +268,30 @@ pub async fn run(
     q: Query,
     out: &mut BytesMut,
 ) -> Result<Element, StanzaError> {
+    run_on(
+        server,
+        user_of(owner).into(),
+        owner,
+        requester,
+        q,
+        false,
+        out,
+    )
+    .await
+}
+
+/// [`run`] on any archive: `of` says which (a user's or a MUC room's, XEP-0313 §5), `owner`
+/// is the JID the results come from; `real_jids` adds the sender's real JID to room results
+/// (`<x xmlns='muc#user'><item jid/></x>`, §5.1.2) for a requester allowed to see it.
+pub async fn run_on(
+    server: &ServerState,
+    of: ArchiveOwner<'_>,
+    owner: &BareJid,
+    requester: &FullJid,
+    q: Query,
+    real_jids: bool,
+    out: &mut BytesMut,
+) -> Result<Element, StanzaError> {
     let cfg = &server.config.mam;
     if q.ids.len() > cfg.max_page_size as usize {
         return Err(StanzaError::with_text(
@@ -277,7 +301,7 @@ pub async fn run(
     }
     server.archive.writer.flush().await;
     let archive = server.storage.archive();
-    let user = user_of(owner);
+    let user = of;
     let mut base = ArchiveFilter {
         with: q.with.as_ref().map(|j| {
             (
@@ -291,10 +315,10 @@ pub async fn run(
         ..Default::default()
     };
     if let Some(uid) = &q.after_id {
-        base.after_row = Some(row(server, owner, uid).await?);
+        base.after_row = Some(row(server, of, uid).await?);
     }
     if let Some(uid) = &q.before_id {
-        base.before_row = Some(row(server, owner, uid).await?);
+        base.before_row = Some(row(server, of, uid).await?);
     }
     if !q.ids.is_empty() {
         let only_ids = ArchiveFilter {
@@ -314,13 +338,13 @@ pub async fn run(
     let mut page_filter = base.clone();
     let dir = if let Some(b) = q.before.as_deref() {
         if !b.is_empty() {
-            let r = row(server, owner, b).await?;
+            let r = row(server, of, b).await?;
             page_filter.before_row = Some(page_filter.before_row.map_or(r, |x| x.min(r)));
         }
         Direction::Backward
     } else {
         if let Some(a) = &q.after {
-            let r = row(server, owner, a).await?;
+            let r = row(server, of, a).await?;
             page_filter.after_row = Some(page_filter.after_row.map_or(r, |x| x.max(r)));
         }
         Direction::Forward
@@ -337,7 +361,7 @@ pub async fn run(
     }
     let count = archive.count(user, &base).await?;
     let emit = |m: &ArchivedMessage, out: &mut BytesMut| {
-        write_result(out, owner, requester, q.queryid.as_deref(), m)
+        write_result(out, owner, requester, q.queryid.as_deref(), m, real_jids)
     };
     if q.flip {
         page.iter().rev().for_each(|m| emit(m, out));
@@ -381,6 +405,7 @@ fn write_result(
     requester: &FullJid,
     queryid: Option<&str>,
     m: &ArchivedMessage,
+    real_jids: bool,
 ) {
     let qid = queryid
         .map(|q| format!(" queryid='{}'", xml::escape(q)))
@@ -396,15 +421,38 @@ fn write_result(
         xep82_datetime(m.stamp_ms),
     );
     out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(m.stanza.as_bytes());
+    let end = m
+        .stanza
+        .rfind("</")
+        .filter(|_| real_jids && !m.sender.is_empty());
+    match end {
+        Some(end) => {
+            out.extend_from_slice(&m.stanza.as_bytes()[..end]);
+            let x = format!(
+                "<x xmlns='http://jabber.org/protocol/muc#user'><item jid='{}'/></x>",
+                xml::escape(&m.sender)
+            );
+            out.extend_from_slice(x.as_bytes());
+            out.extend_from_slice(&m.stanza.as_bytes()[end..]);
+        }
+        None => out.extend_from_slice(m.stanza.as_bytes()),
+    }
     out.extend_from_slice(b"</forwarded></result></message>");
 }
 
 /// `<metadata/>` (#extended): the first and last messages, or empty for an empty archive.
 pub async fn metadata(server: &ServerState, owner: &BareJid) -> Result<Element, StanzaError> {
+    metadata_on(server, user_of(owner).into()).await
+}
+
+/// [`metadata`] of any archive.
+pub async fn metadata_on(
+    server: &ServerState,
+    of: ArchiveOwner<'_>,
+) -> Result<Element, StanzaError> {
     server.archive.writer.flush().await;
     let mut b = Element::builder("metadata", NS_MAM);
-    if let Some((first, last)) = server.storage.archive().bounds(user_of(owner)).await? {
+    if let Some((first, last)) = server.storage.archive().bounds(of).await? {
         for (name, m) in [("start", first), ("end", last)] {
             b = b.append(
                 Element::builder(name, NS_MAM)

@@ -22,10 +22,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Mam as MamConfig;
-use crate::storage::{NewArchived, Storage};
+use crate::storage::{NewArchived, NewRoomArchived, Storage};
 
 enum Op {
     Rows(Vec<NewArchived>),
+    /// MUC room archive rows: the same queue, so one flush covers both kinds.
+    RoomRows(Vec<NewRoomArchived>),
+    /// Delete the archive of a temporary room that no longer exists (service, node), in
+    /// queue order: rows queued before it are written (and deleted) first, rows queued
+    /// after it (a new room of the same name) are kept.
+    ForgetRoom(String, String),
     Barrier(oneshot::Sender<()>),
 }
 
@@ -61,6 +67,42 @@ impl Writer {
         }
     }
 
+    /// Queue rows of room archives (XEP-0045 rooms that log), like [`Writer::write`].
+    pub async fn write_room(&self, rows: Vec<NewRoomArchived>) {
+        if rows.is_empty() {
+            return;
+        }
+        let n = rows.len() as u64;
+        self.pending.fetch_add(n, Ordering::SeqCst);
+        if self.tx.send(Op::RoomRows(rows)).await.is_err() {
+            self.pending.fetch_sub(n, Ordering::SeqCst);
+            tracing::error!("archive writer gone; room message not archived");
+        }
+    }
+
+    /// Queue the deletion of a temporary room's leftover archive (see [`Op::ForgetRoom`]).
+    /// Never waits: called while a new room is being created, under no lock but in a
+    /// synchronous path; a full queue hands the request to a task.
+    pub fn forget_room(&self, service: &str, node: &str) {
+        let op = Op::ForgetRoom(service.to_string(), node.to_string());
+        // Counted like a row, so a query's flush waits for the deletion too.
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(op) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(op)) => {
+                let (tx, pending) = (self.tx.clone(), self.pending.clone());
+                tokio::spawn(async move {
+                    if tx.send(op).await.is_err() {
+                        pending.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
     /// Wait until every row queued before this call is committed (or has failed).
     pub async fn flush(&self) {
         if self.pending.load(Ordering::SeqCst) == 0 {
@@ -80,7 +122,9 @@ async fn run(
     batch_max: usize,
 ) {
     let mut rows: Vec<NewArchived> = Vec::new();
+    let mut room_rows: Vec<NewRoomArchived> = Vec::new();
     let mut barriers = Vec::new();
+    let mut forget = None;
     // Stamps never decrease along rows: queries turn 'start'/'end' into row bounds
     // (storage/archive.rs). Two sessions may stamp and queue in opposite orders; the later
     // row then takes the earlier one's stamp (a few milliseconds at most).
@@ -90,9 +134,12 @@ async fn run(
         while let Some(op) = next.take() {
             match op {
                 Op::Rows(r) => rows.extend(r),
+                Op::RoomRows(r) => room_rows.extend(r),
+                Op::ForgetRoom(service, node) => forget = Some((service, node)),
                 Op::Barrier(b) => barriers.push(b),
             }
-            if rows.len() < batch_max {
+            // A deletion ends the batch: what follows it is written after it.
+            if forget.is_none() && rows.len() + room_rows.len() < batch_max {
                 next = rx.try_recv().ok();
             }
         }
@@ -109,6 +156,23 @@ async fn run(
             if rows.capacity() > batch_max * 4 {
                 rows = Vec::new();
             }
+        }
+        if !room_rows.is_empty() {
+            for r in &mut room_rows {
+                r.stamp_ms = r.stamp_ms.max(last_stamp);
+                last_stamp = r.stamp_ms;
+            }
+            if let Err(e) = storage.muc().archive_batch(&room_rows).await {
+                tracing::error!(error = %e, rows = room_rows.len(), "room archive write failed");
+            }
+            pending.fetch_sub(room_rows.len() as u64, Ordering::SeqCst);
+            room_rows = Vec::new();
+        }
+        if let Some((service, node)) = forget.take() {
+            if let Err(e) = storage.muc().delete_placeholder((&service, &node)).await {
+                tracing::error!(error = %e, room = node, "deleting a room archive failed");
+            }
+            pending.fetch_sub(1, Ordering::SeqCst);
         }
         for b in barriers.drain(..) {
             let _ = b.send(());
@@ -144,6 +208,20 @@ pub fn spawn_expiry(storage: Storage, cfg: &MamConfig, mut shutdown: watch::Rece
 /// Delete everything stored before `cutoff_ms`, batch by batch; returns the count.
 pub async fn expire_all(storage: &Storage, cutoff_ms: i64, batch: u32) -> u64 {
     let mut total = 0;
+    loop {
+        let n = match storage.muc().expire(cutoff_ms, batch).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "room archive retention failed");
+                break;
+            }
+        };
+        total += n;
+        if n < u64::from(batch) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
     loop {
         match storage.archive().expire(cutoff_ms, batch).await {
             Ok(n) => {
@@ -220,6 +298,49 @@ mod tests {
         );
         assert_eq!(w.pending.load(Ordering::SeqCst), 0);
         w.flush().await; // nothing pending: returns at once
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_room_is_ordered_with_rows_and_flushed() {
+        use crate::storage::NewRoomArchived;
+        let s = Storage::connect("sqlite::memory:").await.unwrap();
+        let w = Writer::start(s.clone(), &MamConfig::default());
+        let room_row = |id: &str| NewRoomArchived {
+            room: ("conference.d".into(), "tmp".into()),
+            stanza_id: id.into(),
+            stamp_ms: 1,
+            nick: "n".into(),
+            origin_id: None,
+            sender: "u@d".into(),
+            stanza: "<message xmlns='jabber:client'/>".into(),
+        };
+        // Old incarnation's row, the purge, then the new incarnation's row.
+        w.write_room(vec![room_row("old")]).await;
+        w.forget_room("conference.d", "tmp");
+        w.write_room(vec![room_row("new")]).await;
+        w.flush().await;
+        let page = s
+            .archive()
+            .page(
+                crate::storage::ArchiveOwner::Room(("conference.d", "tmp")),
+                &ArchiveFilter::default(),
+                Direction::Forward,
+                10,
+            )
+            .await
+            .unwrap();
+        let ids: Vec<_> = page.iter().map(|m| m.stanza_id.as_str()).collect();
+        assert_eq!(ids, ["new"]);
+        // A purge alone is waited for too.
+        w.forget_room("conference.d", "tmp");
+        w.flush().await;
+        assert_eq!(w.pending.load(Ordering::SeqCst), 0);
+        assert!(s
+            .muc()
+            .room(("conference.d", "tmp"))
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]

@@ -47,7 +47,14 @@ pub async fn to_room(ctx: &Ctx<'_>) {
                         bounce(ctx, e);
                     }
                 }
-                None => bounce(ctx, StanzaError::new(Condition::BadRequest)),
+                None => match el.get_child("x", "jabber:x:data") {
+                    Some(x) if super::voice::is_request(x) => {
+                        if let Err(e) = super::voice::handle(ctx, &room_ref, x).await {
+                            bounce(ctx, e);
+                        }
+                    }
+                    _ => bounce(ctx, StanzaError::new(Condition::BadRequest)),
+                },
             }
         }
     }
@@ -62,9 +69,10 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
     let has_body = contains(raw, b"<body");
     // §8.1: a subject change is a groupchat message with a subject and no body.
     let is_subject = !has_body && contains(raw, b"<subject");
-    let mut archive = None;
+    // XEP-0424: a retraction of an archived message is checked against its author first.
+    let retracts = super::archive::retraction(ctx, room_ref).await?;
     let mut deepest = 0;
-    {
+    let pending = {
         let mut room = lock(room_ref);
         let Some(nick) = room.by_session.get(ctx.from) else {
             return Err(StanzaError::new(Condition::NotAcceptable));
@@ -75,7 +83,13 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
         }
         let may_set_subject = occ.role == Role::Moderator || room.config.change_subject;
         let from = format!("{}/{}", room.jid, occ.nick);
-        let mut out = outgoing(ctx, &from, &occ.occupant_id, None)?;
+        let out = outgoing(ctx, &from, &occ.occupant_id, None)?;
+        // The room's stanza-id goes into the shared bytes (fan-out, history, archive).
+        let (out, pending) = if is_subject {
+            (out, None)
+        } else {
+            super::archive::stamp(&room, &occ.nick, ctx.from, ctx.stanza, out)
+        };
         if is_subject {
             if !may_set_subject {
                 return Err(StanzaError::new(Condition::Forbidden));
@@ -86,11 +100,6 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
                 text,
             });
         } else if has_body {
-            if room.config.logging {
-                let (stamped, id) = super::archive::stamp(&room, out);
-                out = stamped;
-                archive = Some((room.jid.clone(), id, out.clone()));
-            }
             room.remember(HistoryEntry {
                 bytes: out.clone(),
                 at_ms: now_ms(),
@@ -99,21 +108,24 @@ async fn groupchat(ctx: &Ctx<'_>, room_ref: &RoomRef) -> Result<(), StanzaError>
         for o in room.occupants.values() {
             deepest = deepest.max(o.push_depth(&out));
         }
-    }
+        pending
+    };
     // Flow control: when a recipient is more than half a queue behind, the sender's session
     // pauses before reading its next stanza, so a fast sender lets slow readers catch up
     // before they reach the slow-consumer limit. A reader that stays behind is still
     // disconnected when its queue is full, which lifts the pause for everyone.
     let pause = ctx.svc.config.sender_pause_ms;
+    // `deepest` is the fullest recipient queue in per mille of its capacity.
     if deepest > 500 && pause > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
     }
     if is_subject {
         ctx.svc.persist(ctx.server, room_ref).await;
     }
-    if let Some((room_jid, id, out)) = archive {
-        let real = ctx.from.to_bare();
-        super::archive::archived(ctx, &room_jid, &real, &out, id.as_deref()).await;
+    super::archive::archived(ctx, pending).await;
+    if let Some(uid) = retracts {
+        let retracted = super::archive::self_retracted(ctx.stanza.id.as_deref());
+        super::archive::tombstone(ctx, room_ref, &uid, retracted).await?;
     }
     Ok(())
 }

@@ -25,6 +25,7 @@ pub mod room;
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod voice;
 
 use bytes::Bytes;
 use jid::{FullJid, Jid};
@@ -144,7 +145,8 @@ impl MucService {
         }
         match store::load(server, &self.domain, name).await {
             Ok(Some(s)) => {
-                let room = Room::from_stored(&self.domain, s)?;
+                let mut room = Room::from_stored(&self.domain, s)?;
+                archive::seed_history(server, &mut room).await;
                 Some(self.rooms.insert(room).0)
             }
             Ok(None) => None,
@@ -202,7 +204,8 @@ impl Service for MucService {
             match store::load_all(&server, &domain).await {
                 Ok(list) => {
                     for s in list {
-                        if let Some(room) = Room::from_stored(&domain, s) {
+                        if let Some(mut room) = Room::from_stored(&domain, s) {
+                            archive::seed_history(&server, &mut room).await;
                             rooms.insert(room);
                         }
                     }

@@ -353,6 +353,8 @@ fn create(ctx: &Ctx<'_>, name: &str) -> Result<RoomRef, StanzaError> {
     room.locked = true;
     room.affiliations
         .insert(ctx.from.to_bare(), Affiliation::Owner);
+    // A new room never sees the archive of an earlier temporary room of the same name.
+    ctx.server.archive.writer.forget_room(&ctx.svc.domain, name);
     Ok(ctx.svc.rooms.insert(room).0)
 }
 

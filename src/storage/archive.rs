@@ -32,6 +32,9 @@ pub struct ArchivedMessage {
     pub stanza_id: String,
     pub stamp_ms: i64,
     pub stanza: String,
+    /// A room archive's sender real bare JID (XEP-0313 §5.1.2 shows it to those who may
+    /// see real JIDs); empty in user archives.
+    pub sender: String,
 }
 
 /// What a query selects, before paging. Row bounds are exclusive.
@@ -141,12 +144,57 @@ macro_rules! bind_all {
     }};
 }
 
-/// `account_id = <the user's id>` plus the filter's conditions.
-fn where_clause(sql: &mut Sql, u: UserRef<'_>, f: &ArchiveFilter) {
-    sql.push(
-        " WHERE account_id = (SELECT id FROM accounts WHERE domain = # AND username = #)",
-        [Arg::S(u.0.to_string()), Arg::S(u.1.to_string())],
-    );
+/// Whose archive a query reads: a user's (XEP-0313 §4, table `archive`) or a MUC room's
+/// (§5, table `muc_archive`, same shape, owned by a `muc_rooms` row). A [`UserRef`] converts
+/// into the user's, so user-archive callers pass `(domain, username)` as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveOwner<'a> {
+    User(UserRef<'a>),
+    /// (service domain, room node).
+    Room(UserRef<'a>),
+}
+
+impl<'a> From<UserRef<'a>> for ArchiveOwner<'a> {
+    fn from(u: UserRef<'a>) -> Self {
+        ArchiveOwner::User(u)
+    }
+}
+
+impl ArchiveOwner<'_> {
+    /// The column read as [`ArchivedMessage::sender`].
+    fn sender(&self) -> &'static str {
+        match self {
+            ArchiveOwner::User(_) => "''",
+            ArchiveOwner::Room(_) => "sender",
+        }
+    }
+    fn table(&self) -> &'static str {
+        match self {
+            ArchiveOwner::User(_) => "archive",
+            ArchiveOwner::Room(_) => "muc_archive",
+        }
+    }
+    /// `owner_col = (subquery of the owner's id)`, two placeholders.
+    fn owner_is(&self, alias: &str) -> String {
+        match self {
+            ArchiveOwner::User(_) => format!(
+                "{alias}account_id = (SELECT id FROM accounts WHERE domain = # AND username = #)"
+            ),
+            ArchiveOwner::Room(_) => format!(
+                "{alias}room_id = (SELECT id FROM muc_rooms WHERE service = # AND node = #)"
+            ),
+        }
+    }
+    fn args(&self) -> [Arg; 2] {
+        let (ArchiveOwner::User(u) | ArchiveOwner::Room(u)) = self;
+        [Arg::S(u.0.to_string()), Arg::S(u.1.to_string())]
+    }
+}
+
+/// `<owner> = <its id>` plus the filter's conditions.
+fn where_clause(sql: &mut Sql, o: ArchiveOwner<'_>, f: &ArchiveFilter) {
+    let table = o.table();
+    sql.push(&format!(" WHERE {}", o.owner_is("")), o.args());
     if let Some((bare, res)) = &f.with {
         sql.push(" AND with_bare = #", [Arg::S(bare.clone())]);
         if let Some(r) = res {
@@ -157,22 +205,25 @@ fn where_clause(sql: &mut Sql, u: UserRef<'_>, f: &ArchiveFilter) {
     // them so), so the first row at or after 'start' is one descent of the
     // (account_id, stamp_ms, id) index, and the page is still a range scan in row order
     // (filtering on stamp_ms directly would make the planner sort every matching row).
-    let user = || [Arg::S(u.0.to_string()), Arg::S(u.1.to_string())];
     if let Some(v) = f.start_ms {
         sql.push(
-            " AND id >= COALESCE((SELECT s.id FROM archive s WHERE s.account_id =
-                 (SELECT id FROM accounts WHERE domain = # AND username = #)
+            &format!(
+                " AND id >= COALESCE((SELECT s.id FROM {table} s WHERE {}
                AND s.stamp_ms >= # ORDER BY s.stamp_ms ASC, s.id ASC LIMIT 1),
                9223372036854775807)",
-            user().into_iter().chain([Arg::I(v)]),
+                o.owner_is("s.")
+            ),
+            o.args().into_iter().chain([Arg::I(v)]),
         );
     }
     if let Some(v) = f.end_ms {
         sql.push(
-            " AND id <= COALESCE((SELECT s.id FROM archive s WHERE s.account_id =
-                 (SELECT id FROM accounts WHERE domain = # AND username = #)
+            &format!(
+                " AND id <= COALESCE((SELECT s.id FROM {table} s WHERE {}
                AND s.stamp_ms <= # ORDER BY s.stamp_ms DESC, s.id DESC LIMIT 1), -1)",
-            user().into_iter().chain([Arg::I(v)]),
+                o.owner_is("s.")
+            ),
+            o.args().into_iter().chain([Arg::I(v)]),
         );
     }
     if let Some(v) = f.after_row {
@@ -292,52 +343,51 @@ impl Archive<'_> {
     }
 
     /// The internal row of a UID in the user's archive.
-    pub async fn row_of(
+    pub async fn row_of<'u>(
         &self,
-        u: UserRef<'_>,
+        u: impl Into<ArchiveOwner<'u>>,
         stanza_id: &str,
     ) -> Result<Option<i64>, StorageError> {
-        let (domain, username) = u;
+        let o = u.into();
+        let pg = matches!(self.s.db, Db::Postgres(_));
+        let mut sql = Sql::new(pg, &format!("SELECT id FROM {}", o.table()));
+        sql.push(&format!(" WHERE {}", o.owner_is("")), o.args());
+        sql.push(" AND stanza_id = #", [Arg::S(stanza_id.to_string())]);
+        let Sql { text, args, .. } = sql;
         Ok(match &self.s.db {
             Db::Sqlite(pool) => {
-                sqlx::query_scalar(
-                    "SELECT id FROM archive WHERE account_id =
-                         (SELECT id FROM accounts WHERE domain = ? AND username = ?)
-                       AND stanza_id = ?",
-                )
-                .bind(domain)
-                .bind(username)
-                .bind(stanza_id)
-                .fetch_optional(pool)
-                .await?
+                bind_all!(sqlx::query_scalar(&text), args)
+                    .fetch_optional(pool)
+                    .await?
             }
             Db::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "SELECT id FROM archive WHERE account_id =
-                         (SELECT id FROM accounts WHERE domain = $1 AND username = $2)
-                       AND stanza_id = $3",
-                )
-                .bind(domain)
-                .bind(username)
-                .bind(stanza_id)
-                .fetch_optional(pool)
-                .await?
+                bind_all!(sqlx::query_scalar(&text), args)
+                    .fetch_optional(pool)
+                    .await?
             }
         })
     }
 
     /// Up to `limit` matching messages from one end of the selection, in the order taken
     /// (oldest first for [`Direction::Forward`], newest first for [`Direction::Backward`]).
-    pub async fn page(
+    pub async fn page<'u>(
         &self,
-        u: UserRef<'_>,
+        u: impl Into<ArchiveOwner<'u>>,
         f: &ArchiveFilter,
         dir: Direction,
         limit: u32,
     ) -> Result<Vec<ArchivedMessage>, StorageError> {
         let pg = matches!(self.s.db, Db::Postgres(_));
-        let mut sql = Sql::new(pg, "SELECT id, stanza_id, stamp_ms, stanza FROM archive");
-        where_clause(&mut sql, u, f);
+        let o = u.into();
+        let mut sql = Sql::new(
+            pg,
+            &format!(
+                "SELECT id, stanza_id, stamp_ms, stanza, {} FROM {}",
+                o.sender(),
+                o.table()
+            ),
+        );
+        where_clause(&mut sql, o, f);
         let order = match dir {
             Direction::Forward => "ASC",
             Direction::Backward => "DESC",
@@ -358,6 +408,7 @@ impl Archive<'_> {
                         stanza_id: col(r, 1)?,
                         stamp_ms: col(r, 2)?,
                         stanza: col(r, 3)?,
+                        sender: col(r, 4)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StorageError>>()?,
@@ -371,6 +422,7 @@ impl Archive<'_> {
                         stanza_id: col(r, 1)?,
                         stamp_ms: col(r, 2)?,
                         stanza: col(r, 3)?,
+                        sender: col(r, 4)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StorageError>>()?,
@@ -379,10 +431,15 @@ impl Archive<'_> {
     }
 
     /// How many messages the filter selects (RSM `<count/>`).
-    pub async fn count(&self, u: UserRef<'_>, f: &ArchiveFilter) -> Result<u64, StorageError> {
+    pub async fn count<'u>(
+        &self,
+        u: impl Into<ArchiveOwner<'u>>,
+        f: &ArchiveFilter,
+    ) -> Result<u64, StorageError> {
         let pg = matches!(self.s.db, Db::Postgres(_));
-        let mut sql = Sql::new(pg, "SELECT COUNT(*) FROM archive");
-        where_clause(&mut sql, u, f);
+        let o = u.into();
+        let mut sql = Sql::new(pg, &format!("SELECT COUNT(*) FROM {}", o.table()));
+        where_clause(&mut sql, o, f);
         let Sql { text, args, .. } = sql;
         let n: i64 = match &self.s.db {
             Db::Sqlite(pool) => {
@@ -414,7 +471,7 @@ impl Archive<'_> {
             "EXPLAIN QUERY PLAN SELECT id, stanza_id, stamp_ms, stanza FROM archive"
         };
         let mut sql = Sql::new(pg, prefix);
-        where_clause(&mut sql, u, f);
+        where_clause(&mut sql, u.into(), f);
         let order = match dir {
             Direction::Forward => "ASC",
             Direction::Backward => "DESC",
@@ -442,10 +499,11 @@ impl Archive<'_> {
     }
 
     /// The oldest and newest messages of the archive (XEP-0313 metadata), None when empty.
-    pub async fn bounds(
+    pub async fn bounds<'u>(
         &self,
-        u: UserRef<'_>,
+        u: impl Into<ArchiveOwner<'u>>,
     ) -> Result<Option<(ArchivedMessage, ArchivedMessage)>, StorageError> {
+        let u = u.into();
         let f = ArchiveFilter::default();
         let first = self.page(u, &f, Direction::Forward, 1).await?;
         let last = self.page(u, &f, Direction::Backward, 1).await?;

@@ -53,6 +53,11 @@ pub(super) const SQLITE: &[Migration] = &[
         name: "upload",
         sql: include_str!("../../migrations/sqlite/0007_upload.sql"),
     },
+    Migration {
+        version: 8,
+        name: "muc",
+        sql: include_str!("../../migrations/sqlite/0008_muc.sql"),
+    },
 ];
 
 pub(super) const POSTGRES: &[Migration] = &[
@@ -90,6 +95,11 @@ pub(super) const POSTGRES: &[Migration] = &[
         version: 7,
         name: "upload",
         sql: include_str!("../../migrations/postgres/0007_upload.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "muc",
+        sql: include_str!("../../migrations/postgres/0008_muc.sql"),
     },
 ];
 

@@ -13,6 +13,7 @@
 //! - [`pubsub`]: PEP nodes and items (XEP-0163, XEP-0223).
 //! - [`fast`]: XEP-0484 FAST tokens (sealed), two slots per client.
 //! - [`upload`]: XEP-0363 upload slots and stored files (the bytes are on disk).
+//! - [`muc`]: XEP-0045 persistent rooms, affiliations and room archives.
 //!
 //! Every operation matches on the backend and runs SQL written for it (placeholders `?`/`$n`,
 //! types, upserts); nothing goes through `sqlx::Any`.
@@ -33,11 +34,14 @@ mod accounts;
 mod archive;
 mod blocking;
 pub use archive::{
-    ArchiveFilter, ArchivePrefs, ArchivedMessage, Direction, NewArchived, PrefsDefault,
+    ArchiveFilter, ArchiveOwner, ArchivePrefs, ArchivedMessage, Direction, NewArchived,
+    PrefsDefault,
 };
 mod fast;
 pub use fast::{Fast, FastToken, Slot};
 mod migrate;
+mod muc;
+pub use muc::{MucRooms, NewRoomArchived, RoomArchivedRef, StoredAffiliation, StoredRoom};
 mod offline;
 pub use offline::OfflineCap;
 mod private;
@@ -156,6 +160,10 @@ impl Storage {
     }
     pub fn pubsub(&self) -> Pubsub<'_> {
         Pubsub { s: self }
+    }
+    /// XEP-0045 persistent rooms, affiliations and room archives.
+    pub fn muc(&self) -> MucRooms<'_> {
+        MucRooms { s: self }
     }
 }
 

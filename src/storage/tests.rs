@@ -920,6 +920,8 @@ mod archive;
 mod blocking;
 /// XEP-0484 FAST token storage.
 mod fast;
+#[path = "tests_muc.rs"]
+mod muc;
 /// XEP-0363 upload slots.
 mod upload;
 #[path = "tests_vcard_private_push.rs"]
