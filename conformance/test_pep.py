@@ -355,9 +355,20 @@ def test_last_item_sent_when_subscription_is_approved(server, accounts, preappro
     run(body())
 
 
-def test_caps_not_matching_their_hash_are_ignored(server, accounts):
+def test_caps_not_matching_their_hash_apply_to_that_client_only(server, accounts):
+    """XEP-0115 §5.4: a disco#info that does not hash to the advertised `ver` must not be
+    cached for everyone claiming that `ver`; the client itself still gets what its real
+    features ask for (as Prosody does: Profanity 0.13 advertises a stale hash)."""
     a, b = accounts(server, "pepcapsowner", "pepliar")
     bogus = "AAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+    async def claim(session, info_from):
+        caps = session.xmpp["xep_0115"]
+        info = await info_from.xmpp["xep_0030"].get_info(jid=info_from.jid, local=True)
+        await session.xmpp["xep_0030"].set_info(jid=session.jid,
+                                                node=f"{caps.caps_node}#{bogus}", info=info)
+        session.send_raw(f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1'"
+                         f" node='{caps.caps_node}' ver='{bogus}'/></presence>")
 
     async def body():
         alice, bob = pep_session(server, a), pep_session(server, b)
@@ -365,23 +376,23 @@ def test_caps_not_matching_their_hash_are_ignored(server, accounts):
         await befriend(alice, bob)
         await disconnect(bob)
         liar = pep_session(server, b, interests=[NODE], resource="liar")
+        other = pep_session(server, b, resource="other")   # no interest in NODE
         try:
-            assert (await publish(alice, NODE, "only for honest caps"))["type"] == "result"
+            assert (await publish(alice, NODE, "first"))["type"] == "result"
             await connect(liar)
-            caps = liar.xmpp["xep_0115"]
-            # The client answers disco#info for node#bogus with its real features, which
-            # do not hash to `bogus` (XEP-0115 §5.4): the server must not use them.
-            info = await liar.xmpp["xep_0030"].get_info(jid=liar.jid, local=True)
-            await liar.xmpp["xep_0030"].set_info(jid=liar.jid, node=f"{caps.caps_node}#{bogus}",
-                                                 info=info)
-            liar.send_raw(f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1'"
-                          f" node='{caps.caps_node}' ver='{bogus}'/></presence>")
-            assert await liar.quiet("messages", event_items(NODE)) == []
-            # The same features under their true hash work.
-            liar.send_presence()
-            await liar.next_message(event_items(NODE, "only for honest caps"))
+            # The liar answers disco#info for node#bogus with its real features (which ask
+            # for NODE and do not hash to `bogus`): it gets the notifications it asks for.
+            await claim(liar, liar)
+            await liar.next_message(event_items(NODE, "first"))
+            # Another resource claiming the same `bogus` with features without NODE+notify
+            # is asked for its own: the liar's features were not cached under `bogus`.
+            await connect(other)
+            await claim(other, other)
+            assert (await publish(alice, NODE, "second"))["type"] == "result"
+            await liar.next_message(event_items(NODE, "second"))
+            assert await other.quiet("messages", event_items(NODE)) == []
         finally:
-            await disconnect(alice, liar)
+            await disconnect(alice, liar, other)
     run(body())
 
 

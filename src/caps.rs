@@ -77,11 +77,27 @@ impl CapsCache {
     }
 }
 
-/// The features a stored available presence advertises, when its caps are resolved.
-pub fn features(server: &ServerState, presence: &Stanza) -> Option<Arc<Features>> {
+/// The features a stored available presence of the resource `jid` (full JID) advertises,
+/// when its caps are resolved: verified ones shared by every entity with that hash, or
+/// that resource's own (see [`unverified_key`]).
+pub fn features(server: &ServerState, jid: &str, presence: &Stanza) -> Option<Arc<Features>> {
     let el = presence.element().ok()?;
     let caps = Caps::of(&el)?;
-    server.pep.caps.get(&caps.ver)
+    let cache = &server.pep.caps;
+    cache
+        .get(&caps.ver)
+        .or_else(|| cache.get(&unverified_key(&caps.ver, jid)))
+}
+
+/// Where the features of a client whose disco#info does not hash to the `ver` it advertised
+/// are kept: under its own full JID, never under the `ver` other entities share (XEP-0115
+/// §5.4: a mismatched result must not be cached globally, or a client could poison the
+/// features of every entity claiming that hash). The client itself still gets the
+/// notifications its real features ask for, as Prosody's mod_pep does: clients in the wild
+/// (Profanity 0.13 among them) advertise a stale hash, and ignoring them would silently cut
+/// them off from OMEMO device-list and avatar updates. `\0` cannot occur in a JID.
+fn unverified_key(ver: &str, jid: &str) -> String {
+    format!("{ver}\0{jid}")
 }
 
 /// The features behind `caps` of the resource `jid`: from the cache, or by asking the
@@ -92,7 +108,10 @@ pub async fn resolve(
     caps: &Caps,
 ) -> Option<Arc<Features>> {
     let cache = &server.pep.caps;
-    if let Some(f) = cache.get(&caps.ver) {
+    if let Some(f) = cache
+        .get(&caps.ver)
+        .or_else(|| cache.get(&unverified_key(&caps.ver, jid.as_str())))
+    {
         return Some(f);
     }
     if caps.hash != "sha-1" {
@@ -154,20 +173,22 @@ async fn ask(server: &Arc<ServerState>, jid: &FullJid, caps: &Caps) -> Option<Ar
         }
     };
     let info = reply.get_child("query", NS_INFO)?;
-    if caps_ver(info) != caps.ver {
-        tracing::info!(%jid, ver = %caps.ver, "caps verification string does not match disco#info; ignored");
-        return None;
-    }
     let f: Arc<Features> = Arc::new(
         info.children()
             .filter(|c| c.is("feature", NS_INFO))
             .filter_map(|c| c.attr("var").map(str::to_string))
             .collect(),
     );
+    let key = if caps_ver(info) == caps.ver {
+        caps.ver.clone()
+    } else {
+        tracing::debug!(%jid, ver = %caps.ver, "caps hash does not match disco#info; features kept for this resource only");
+        unverified_key(&caps.ver, jid.as_str())
+    };
     server
         .pep
         .caps
-        .insert(&caps.ver, f.clone(), server.config.pep.caps_cache_size);
+        .insert(&key, f.clone(), server.config.pep.caps_cache_size);
     Some(f)
 }
 
