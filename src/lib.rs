@@ -12,6 +12,7 @@ pub mod carbons;
 pub mod config;
 pub mod http;
 pub mod iq_out;
+pub mod keyfile;
 pub mod mam;
 pub mod message;
 pub mod modules;

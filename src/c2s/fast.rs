@@ -58,41 +58,14 @@ impl TokenKeys {
 }
 
 fn load_or_create(path: &Path) -> std::io::Result<LessSafeKey> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path)?,
-        Err(e) => return Err(e),
-    };
+    let bytes = crate::keyfile::load_or_create(path)?;
     let unbound = UnboundKey::new(&CHACHA20_POLY1305, &bytes).map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{} must hold exactly 32 bytes", path.display()),
+            "not a ChaCha20-Poly1305 key",
         )
     })?;
     Ok(LessSafeKey::new(unbound))
-}
-
-/// Write a fresh random key, readable by the owner only. `create_new`: two processes racing
-/// here cannot both win; the loser reads the winner's key.
-fn create(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    let key: [u8; 32] = rand::random();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    match opts.open(path) {
-        Ok(mut f) => {
-            f.write_all(&key)?;
-            f.sync_all()?;
-            Ok(key.to_vec())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path),
-        Err(e) => Err(e),
-    }
 }
 
 /// A new token as sent to the client (its UTF-8 bytes are the HMAC key).

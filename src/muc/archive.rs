@@ -118,7 +118,7 @@ fn prepare(
         "<stanza-id xmlns='{NS_SID}' by='{}' id='{uid}'/>",
         xml::escape(room.jid.as_str())
     );
-    let Some(stamped) = super::messages::splice_child(&out, &sid) else {
+    let Some(stamped) = crate::xml::splice_child(&out, &sid) else {
         return (out, None);
     };
     let row = NewRoomArchived {

@@ -156,7 +156,7 @@ fn outgoing(
     }
     if !contains(st.raw(), NS_OCCUPANT_ID.as_bytes()) {
         let base = st.rewrite(Some(from), Some(""));
-        if let Some(b) = splice_child(&base, &child) {
+        if let Some(b) = crate::xml::splice_child(&base, &child) {
             return Ok(b);
         }
     }
@@ -174,19 +174,6 @@ fn outgoing(
             .build(),
     );
     Ok(super::fanout_bytes(&el, from))
-}
-
-/// `child` inserted before the end tag of a complete element (None if self-closing).
-pub fn splice_child(raw: &[u8], child: &str) -> Option<Bytes> {
-    let end = memchr::memrchr(b'<', raw)?;
-    if raw.last() != Some(&b'>') || raw.get(end + 1) != Some(&b'/') {
-        return None;
-    }
-    let mut v = Vec::with_capacity(raw.len() + child.len());
-    v.extend_from_slice(&raw[..end]);
-    v.extend_from_slice(child.as_bytes());
-    v.extend_from_slice(&raw[end..]);
-    Some(Bytes::from(v))
 }
 
 /// A message to `room@service/nick`: a private message (§7.5).

@@ -240,6 +240,6 @@ fn rewrite_with_an_empty_to_removes_it() {
         &out[..],
         b"<message type='groupchat' id='1' from='r@c/n'><body>hi</body></message>"
     );
-    let with_id = super::messages::splice_child(&out, "<x/>").unwrap();
+    let with_id = crate::xml::splice_child(&out, "<x/>").unwrap();
     assert!(with_id.ends_with(b"<body>hi</body><x/></message>"));
 }

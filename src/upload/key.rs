@@ -45,18 +45,7 @@ pub struct PutClaims<'a> {
 impl UploadKey {
     /// Read `<data_dir>/upload.key`, creating it when missing.
     pub fn load(data_dir: &Path) -> std::io::Result<UploadKey> {
-        let path = data_dir.join(KEY_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&path)?,
-            Err(e) => return Err(e),
-        };
-        let key: [u8; 32] = bytes.try_into().map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} must hold exactly 32 bytes", path.display()),
-            )
-        })?;
+        let key = crate::keyfile::load_or_create(&data_dir.join(KEY_FILE))?;
         Ok(UploadKey(key))
     }
 
@@ -138,29 +127,6 @@ pub fn slot_file_id(name: &str) -> Option<&str> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     .then_some(id)
-}
-
-/// Write a fresh random key, readable by the owner only; of two processes racing here the
-/// loser reads the winner's key.
-fn create(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    let key: [u8; 32] = rand::random();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    match opts.open(path) {
-        Ok(mut f) => {
-            f.write_all(&key)?;
-            f.sync_all()?;
-            Ok(key.to_vec())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

@@ -189,22 +189,26 @@ impl Stanza {
     /// escaped with [`escape`]): then the copy is as valid as this stanza, and its top-level
     /// attributes and namespace context are unchanged. None for a self-closing element.
     pub fn with_child(&self, child: &str) -> Option<Stanza> {
-        let raw = &self.raw;
-        // The end tag is the last markup: '<' cannot appear in it, nor unescaped in text or
-        // attribute values before it.
-        let end = memchr::memrchr(b'<', raw)?;
-        if raw.last() != Some(&b'>') || raw.get(end + 1) != Some(&b'/') {
-            return None;
-        }
-        let mut v = Vec::with_capacity(raw.len() + child.len());
-        v.extend_from_slice(&raw[..end]);
-        v.extend_from_slice(child.as_bytes());
-        v.extend_from_slice(&raw[end..]);
         Some(Stanza {
-            raw: Bytes::from(v),
+            raw: splice_child(&self.raw, child)?,
             ..self.clone()
         })
     }
+}
+
+/// `child` inserted before the end tag of `raw`, one complete element (None when it is
+/// self-closing). The end tag is the last markup: '<' cannot appear in it, nor unescaped in
+/// text or attribute values before it. See [`Stanza::with_child`] for what `child` must be.
+pub fn splice_child(raw: &[u8], child: &str) -> Option<Bytes> {
+    let end = memchr::memrchr(b'<', raw)?;
+    if raw.last() != Some(&b'>') || raw.get(end + 1) != Some(&b'/') {
+        return None;
+    }
+    let mut v = Vec::with_capacity(raw.len() + child.len());
+    v.extend_from_slice(&raw[..end]);
+    v.extend_from_slice(child.as_bytes());
+    v.extend_from_slice(&raw[end..]);
+    Some(Bytes::from(v))
 }
 
 /// Events produced by [`StreamParser`].
