@@ -167,6 +167,45 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     })
 }
 
+/// Accept connections until shutdown, one task each, every connection holding a permit of
+/// `limits.max_connections` for its whole life (XMPP and HTTP alike, so neither can starve
+/// the other of file descriptors unnoticed). `what` names the listener in logs.
+pub async fn accept_loop<F, Fut>(
+    state: Arc<ServerState>,
+    listener: TcpListener,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<ServerState>, tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, what, "connection limit reached; refusing");
+                        continue;
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let conn = handle(state.clone(), tcp, peer);
+                    tokio::spawn(async move {
+                        conn.await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, what, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Bind with an explicit accept backlog: the OS default (128) drops connections when a few
 /// hundred clients reconnect at once (after a restart or a network blip).
 async fn bind(addr: &str, backlog: u32) -> Result<Option<TcpListener>, StartError> {

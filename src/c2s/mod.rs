@@ -32,31 +32,11 @@ pub use transport::{Transport, VirtualIo};
 const READ_CHUNK: usize = 16 * 1024;
 
 pub async fn accept_loop(state: Arc<ServerState>, listener: TcpListener, direct_tls: bool) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "connection limit reached; refusing");
-                        continue;
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    let st = state.clone();
-                    tokio::spawn(async move {
-                        run_connection(st, tcp, peer, direct_tls).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
+    let what = if direct_tls { "c2s_direct_tls" } else { "c2s" };
+    crate::server::accept_loop(state, listener, what, move |st, tcp, peer| {
+        run_connection(st, tcp, peer, direct_tls)
+    })
+    .await
 }
 
 async fn run_connection(

@@ -69,31 +69,11 @@ pub fn public_url(
 }
 
 pub async fn accept_loop(state: Arc<ServerState>, listener: TcpListener, tls: bool, app: Router) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "connection limit reached; refusing HTTP");
-                        continue;
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    let st = state.clone();
-                    let app = app.clone();
-                    tokio::spawn(async move {
-                        serve_connection(st, tcp, peer, tls, app).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
+    let what = if tls { "https" } else { "http" };
+    crate::server::accept_loop(state, listener, what, move |st, tcp, peer| {
+        serve_connection(st, tcp, peer, tls, app.clone())
+    })
+    .await
 }
 
 async fn serve_connection(
