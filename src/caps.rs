@@ -77,16 +77,22 @@ impl CapsCache {
     }
 }
 
-/// The features a stored available presence of the resource `jid` (full JID) advertises,
-/// when its caps are resolved: verified ones shared by every entity with that hash, or
-/// that resource's own (see [`unverified_key`]).
-pub fn features(server: &ServerState, jid: &str, presence: &Stanza) -> Option<Arc<Features>> {
+/// The features a stored available presence of `bare`/`resource` advertises, when its caps
+/// are resolved: verified ones shared by every entity with that hash, or that resource's
+/// own (see [`unverified_key`], built only when the shared lookup misses: this runs per
+/// recipient resource of every PEP notification).
+pub fn features(
+    server: &ServerState,
+    bare: &str,
+    resource: &str,
+    presence: &Stanza,
+) -> Option<Arc<Features>> {
     let el = presence.element().ok()?;
     let caps = Caps::of(&el)?;
     let cache = &server.pep.caps;
     cache
         .get(&caps.ver)
-        .or_else(|| cache.get(&unverified_key(&caps.ver, jid)))
+        .or_else(|| cache.get(&unverified_key(&caps.ver, &format!("{bare}/{resource}"))))
 }
 
 /// Where the features of a client whose disco#info does not hash to the `ver` it advertised

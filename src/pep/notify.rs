@@ -131,10 +131,11 @@ pub async fn broadcast(server: &ServerState, owner: &BareJid, node: &PepNode, ch
     for bare in targets {
         for r in server.router.resources(bare.as_str()) {
             let Some(p) = &r.presence else { continue };
-            let to = format!("{}/{}", bare.as_str(), r.resource);
-            if !interested(caps::features(server, &to, p).as_ref(), &notify) {
+            let features = caps::features(server, bare.as_str(), &r.resource, p);
+            if !interested(features.as_ref(), &notify) {
                 continue;
             }
+            let to = format!("{}/{}", bare.as_str(), r.resource);
             r.handle
                 .send(Deliver::Bytes(event_message(owner.as_str(), &to, &body)));
             sent.insert(to);
@@ -355,8 +356,7 @@ pub fn subscription_approved(server: &Arc<ServerState>, owner: &BareJid, contact
     super::spawn(async move {
         for r in server.router.resources(contact.as_str()) {
             let Some(p) = &r.presence else { continue };
-            let full = format!("{}/{}", contact.as_str(), r.resource);
-            let Some(f) = caps::features(&server, &full, p) else {
+            let Some(f) = caps::features(&server, contact.as_str(), &r.resource, p) else {
                 continue;
             };
             let wanted = interests(&f);
