@@ -55,6 +55,9 @@ c2s = "127.0.0.1:$PORT"
 c2s_direct_tls = ""
 http = ""
 https = ""
+s2s = ""
+s2s_direct_tls = ""
+component = ""
 
 [c2s]
 require_tls = false

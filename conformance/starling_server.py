@@ -175,6 +175,11 @@ class StarlingServer:
                 # The HTTP module (upload, WebSocket, BOSH) on its own free ports.
                 "http": f"127.0.0.1:{self.http_port}",
                 "https": f"127.0.0.1:{self.https_port}",
+                # Federation listeners off unless a test asks for them (extra_sections):
+                # never the default ports, which parallel runs would share.
+                "s2s": "",
+                "s2s_direct_tls": "",
+                "component": "",
             },
             "database": {"url": self.database.url},
             "registration": {"open": opts.registration_open},

@@ -57,6 +57,7 @@ pub struct Config {
     pub websocket: WebSocket,
     pub bosh: Bosh,
     pub muc: crate::muc::MucConfig,
+    pub s2s: crate::s2s::S2sConfig,
 }
 
 /// The HTTP module as a whole (the listeners are `listen.http` / `listen.https`).
@@ -105,6 +106,12 @@ pub struct Listen {
     pub http: String,
     /// The HTTP module over HTTPS with the server's certificate. Empty disables.
     pub https: String,
+    /// Server-to-server with STARTTLS (RFC 6120). Empty disables inbound federation.
+    pub s2s: String,
+    /// Server-to-server with direct TLS (XEP-0368). Empty disables.
+    pub s2s_direct_tls: String,
+    /// XEP-0114 external components. Empty disables.
+    pub component: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -310,6 +317,7 @@ impl Default for Config {
             websocket: WebSocket::default(),
             bosh: Bosh::default(),
             muc: crate::muc::MucConfig::default(),
+            s2s: crate::s2s::S2sConfig::default(),
         }
     }
 }
@@ -475,6 +483,9 @@ impl Default for Listen {
             c2s_direct_tls: "127.0.0.1:5223".into(),
             http: "127.0.0.1:5280".into(),
             https: "127.0.0.1:5281".into(),
+            s2s: "127.0.0.1:5269".into(),
+            s2s_direct_tls: "127.0.0.1:5270".into(),
+            component: "127.0.0.1:5347".into(),
         }
     }
 }
@@ -641,6 +652,9 @@ impl Config {
             ("listen.c2s_direct_tls", &self.listen.c2s_direct_tls),
             ("listen.http", &self.listen.http),
             ("listen.https", &self.listen.https),
+            ("listen.s2s", &self.listen.s2s),
+            ("listen.s2s_direct_tls", &self.listen.s2s_direct_tls),
+            ("listen.component", &self.listen.component),
         ] {
             if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
                 return bad(format!("{key}: {value:?} is not an address:port"));
@@ -687,6 +701,7 @@ impl Config {
                 ));
             }
         }
+        self.s2s.validate().map_err(ConfigError::Invalid)?;
         self.upload
             .validate(&domains)
             .map_err(ConfigError::Invalid)?;

@@ -56,6 +56,8 @@ pub struct ServerState {
     /// The base URL of the HTTP module as clients see it (`http.public_url`, or derived
     /// from the listeners), without a trailing slash.
     pub http_base: String,
+    /// Delivery to other domains (server-to-server), when federation is enabled.
+    pub federation: crate::federation::Federation,
 }
 
 impl ServerState {
@@ -72,6 +74,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot create data dir {0}: {1}")]
     DataDir(String, std::io::Error),
+    #[error("s2s: {0}")]
+    S2s(#[from] crate::s2s::S2sStartError),
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
 }
@@ -83,6 +87,8 @@ pub struct RunningServer {
     pub c2s_direct_tls_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
+    /// Bound s2s listeners (STARTTLS, direct TLS), when federation is enabled.
+    pub s2s_addrs: crate::s2s::S2sAddrs,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -113,6 +119,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let c2s_tls = bind(&config.listen.c2s_direct_tls, backlog).await?;
     let http = bind(&config.listen.http, backlog).await?;
     let https = bind(&config.listen.https, backlog).await?;
+    let (s2s, s2s_tls) = if config.s2s.enabled {
+        (
+            bind(&config.listen.s2s, backlog).await?,
+            bind(&config.listen.s2s_direct_tls, backlog).await?,
+        )
+    } else {
+        (None, None)
+    };
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let https_addr = https.as_ref().and_then(|l| l.local_addr().ok());
     let http_base = crate::http::public_url(&config, https_addr, http_addr);
@@ -142,6 +156,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         modules: Modules::standard(),
         services,
         http_base,
+        federation: Default::default(),
         started: Instant::now(),
         shutdown: shutdown_rx,
         config,
@@ -155,6 +170,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let app = crate::http::router(&state);
     let http_addr = spawn_http(&mut tasks, &state, http, false, &app);
     let https_addr = spawn_http(&mut tasks, &state, https, true, &app);
+    let s2s_addrs = crate::s2s::start(&state, s2s, s2s_tls, &mut tasks)?;
     tracing::info!(domains = ?state.domains, backend = state.storage.backend_name(), "Starling started");
     Ok(RunningServer {
         state,
@@ -162,6 +178,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         c2s_direct_tls_addr,
         http_addr,
         https_addr,
+        s2s_addrs,
         shutdown_tx,
         tasks,
     })

@@ -93,6 +93,7 @@ impl TestServer {
             "domain = \"{DOMAIN}\"\ndata_dir = \"{}\"\n\
              [listen]\nc2s = \"127.0.0.1:0\"\nc2s_direct_tls = \"127.0.0.1:0\"\n\
              http = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n\
+             s2s = \"127.0.0.1:0\"\ns2s_direct_tls = \"127.0.0.1:0\"\ncomponent = \"\"\n\
              [registration]\nopen = true\n{extra}",
             dir.path().display()
         );

@@ -1,0 +1,75 @@
+//! `[s2s]`: federation settings.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    /// Federation on or off (outbound routing and the `listen.s2s*` listeners).
+    pub enabled: bool,
+    /// Domain → "host:port" used instead of DNS (intranets, tests). A "tls://" prefix means
+    /// direct TLS (XEP-0368) to that address, otherwise STARTTLS.
+    pub static_hosts: BTreeMap<String, String>,
+    /// Extra trust roots (PEM file) for peer certificates, on top of the system roots.
+    pub ca_file: String,
+    /// Trust the system's root certificates (Debian: /etc/ssl/certs) for peer certificates.
+    pub use_system_roots: bool,
+    /// Policy: refuse peers whose certificate is not valid for their domain. Off (the
+    /// default, as Prosody's `s2s_secure_auth = false`): such peers authenticate with
+    /// XEP-0220 dialback instead.
+    pub require_valid_certificates: bool,
+    /// Refuse s2s streams (both directions) that do not negotiate TLS.
+    pub require_tls: bool,
+    /// Seconds to establish an outbound connection (DNS, TCP, TLS, authentication) before the
+    /// queued stanzas bounce with remote-server-timeout.
+    pub connect_timeout_secs: u64,
+    /// Seconds without traffic after which an s2s stream is closed (it reopens on demand).
+    pub idle_timeout_secs: u64,
+    /// Stanzas waiting for one remote domain while its connection is set up; beyond, new
+    /// stanzas bounce with resource-constraint.
+    pub max_queue: usize,
+    /// Most s2s streams (inbound plus outbound) at once.
+    pub max_streams: usize,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            enabled: true,
+            static_hosts: BTreeMap::new(),
+            ca_file: String::new(),
+            use_system_roots: true,
+            require_valid_certificates: false,
+            require_tls: true,
+            connect_timeout_secs: 30,
+            idle_timeout_secs: 600,
+            max_queue: 1000,
+            max_streams: 1000,
+        }
+    }
+}
+
+impl S2sConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.connect_timeout_secs == 0 || self.idle_timeout_secs == 0 {
+            return Err("s2s: connect_timeout_secs and idle_timeout_secs must be positive".into());
+        }
+        if self.max_queue == 0 || self.max_streams == 0 {
+            return Err("s2s: max_queue and max_streams must be positive".into());
+        }
+        for (domain, target) in &self.static_hosts {
+            let addr = target.strip_prefix("tls://").unwrap_or(target);
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(format!(
+                    "s2s.static_hosts: {domain} = {target:?} is not host:port"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
