@@ -9,6 +9,7 @@ stanzas in order and fans out under the room's lock, so once a later groupchat m
 (the fence) arrives at an occupant, anything the room sent it before is there too.
 """
 
+import asyncio
 import contextlib
 import itertools
 import xml.etree.ElementTree as ET
@@ -580,4 +581,49 @@ def test_muc_crowded_room_limits_presence_broadcast(make_server):
             d.send_message(room, "crowd", "groupchat")
             for s in (a, b, c, d):
                 await s.next_message(lambda m: body(m) == "crowd")
+    run(go())
+
+
+def test_muc_members_only_change_removes_non_members_322(server):
+    async def go():
+        async with client(server, "alice") as a, client(server, "bob") as b, \
+                client(server, "carol") as c:
+            room = await create(a, "Alice")
+            await entered(b, room, "Bob")
+            await entered(c, room, "Carol")
+            r = await a.iq_xml(f"<iq type='set' to='{room}'><query xmlns='{NS_MUC}#admin'>"
+                               f"<item affiliation='member' jid='carol@localhost'/></query></iq>")
+            assert r["type"] == "result", r
+            r = await configure(a, room, membersonly="1")
+            assert r["type"] == "result", r
+            # §9.4 / §10.2: Bob (no affiliation) is removed with 322; Carol (member) stays.
+            own = await b.next_presence(lambda p: from_(p) == f"{room}/Bob"
+                                        and ptype(p) == "unavailable")
+            assert {110, 322} <= codes(own), own
+            seen = await a.next_presence(lambda p: from_(p) == f"{room}/Bob"
+                                         and ptype(p) == "unavailable")
+            assert 322 in codes(seen) and 110 not in codes(seen)
+            await fence(a, room, c)
+            assert not [p for p in c.presences.items
+                        if from_(p) == f"{room}/Carol" and ptype(p) == "unavailable"]
+    run(go())
+
+
+def test_muc_service_shutdown_tells_every_occupant_332(make_server):
+    srv = make_server({u: PASSWORD for u in ("alice", "bob")})
+
+    async def go():
+        async with client(srv, "alice") as a, client(srv, "bob") as b:
+            room = await create(a, "Alice")
+            await entered(b, room, "Bob")
+            await a.next_presence(lambda p: from_(p) == f"{room}/Bob")
+            # SIGTERM: the server shuts down while both are in the room.
+            code = await asyncio.get_running_loop().run_in_executor(None, srv.stop)
+            assert code == 0
+            for s, nick in ((a, "Alice"), (b, "Bob")):
+                own = await s.next_presence(lambda p, n=nick: from_(p) == f"{room}/{n}"
+                                            and ptype(p) == "unavailable")
+                assert codes(own) == {110, 332}, own
+                assert (item(own).get("role")) == "none"
+            srv.start()   # the fixture's cleanup expects a running server
     run(go())

@@ -287,6 +287,11 @@ impl RunningServer {
     /// their tasks to finish writing it.
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
+        // Services queue their goodbyes (MUC status 332) before sessions are told to close;
+        // a kicked session writes what is queued before its stream error.
+        for svc in self.state.services.all() {
+            svc.stopping(&self.state);
+        }
         let _ = self.shutdown_tx.send(true);
         self.state.router.kick_all(Kick::Shutdown);
         let max = self.state.config.limits.max_connections as u32;

@@ -54,6 +54,11 @@ pub trait Service: Send + Sync {
     /// tasks (expiry, loading persistent state) here. They should stop when
     /// `server.shutdown` changes.
     fn started(&self, _server: &Arc<ServerState>) {}
+
+    /// Called once when the server begins shutting down, before sessions are closed: queue
+    /// what users must be told (a MUC's status 332). Sessions write what is queued before
+    /// their closing stream error.
+    fn stopping(&self, _server: &Arc<ServerState>) {}
 }
 
 /// The hosted services by domain.

@@ -125,8 +125,14 @@ impl Session<'_> {
             if let Err(e) = self.drain_parser().await {
                 return e;
             }
-            // Everything queued goes out in one write, unless the session is being kicked.
+            // Everything queued goes out in one write. A kicked session still writes what was
+            // queued before the kick (ahead of its stream error): a MUC's shutdown presence,
+            // or messages that would otherwise be neither delivered nor disposed of (with
+            // XEP-0198 they stay unacked and are handled like any unacked stanza).
             if let Some(k) = mailbox.drain_into(&mut batch) {
+                for d in batch.drain(..) {
+                    self.deliver(d);
+                }
                 return End::Error(k.condition(), None);
             }
             for d in batch.drain(..) {
@@ -173,12 +179,17 @@ impl Session<'_> {
             let deadline = (self.conn.last_read + idle).min(self.conn.last_write + keepalive);
             tokio::select! {
                 biased;
-                _ = mailbox.wait_kick() => {
-                    if let Some(k) = mailbox.kick_reason() {
-                        return End::Error(k.condition(), None);
+                // A kick is handled at the top of the loop, which first writes what was
+                // queued before it.
+                _ = mailbox.wait_kick() => {}
+                _ = shutdown.changed() => {
+                    // What services queued for the goodbye (MUC status 332) goes out first.
+                    mailbox.drain_into(&mut batch);
+                    for d in batch.drain(..) {
+                        self.deliver(d);
                     }
+                    return End::Error("system-shutdown", None);
                 }
-                _ = shutdown.changed() => return End::Error("system-shutdown", None),
                 _ = mailbox.ready() => {}
                 r = self.conn.read_some() => match r {
                     Ok(true) => {}

@@ -194,6 +194,13 @@ impl Service for MucService {
         })
     }
 
+    /// XEP-0045 "service-shutdown-kick" (status 332): every occupant is told it leaves the room because the service
+    /// shuts down (its own unavailable presence with 110 and 332). Others' departures are not
+    /// announced: everyone is leaving, and N² presences would only delay the shutdown.
+    fn stopping(&self, _server: &Arc<ServerState>) {
+        occupants::announce_shutdown(&self.rooms);
+    }
+
     fn started(&self, server: &Arc<ServerState>) {
         let server = server.clone();
         let domain = self.domain.clone();

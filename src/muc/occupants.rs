@@ -181,6 +181,26 @@ pub fn remove_occupant(
     detach(room, nick)
 }
 
+/// Tell every occupant of every room that it is removed by a system shutdown (own
+/// unavailable presence with 110 and 332). The rooms themselves are left as they are: the
+/// sessions end right after, and persistent rooms are reloaded from storage on restart.
+pub fn announce_shutdown(rooms: &super::room::Rooms) {
+    for room in rooms.all() {
+        let room = super::room::lock(&room);
+        for occ in room.occupants.values() {
+            let own = presence_bytes(
+                &room,
+                occ,
+                true,
+                true,
+                &[status::SELF, status::SHUTDOWN],
+                ItemExtra::default(),
+            );
+            occ.push(&own);
+        }
+    }
+}
+
 /// Take an occupant out of the room's maps without telling anyone.
 fn detach(room: &mut Room, nick: &str) -> Option<Occupant> {
     let occ = room.occupants.remove(nick)?;
