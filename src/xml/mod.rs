@@ -366,6 +366,18 @@ impl StreamParser {
         }
     }
 
+    /// Hand over the bytes received but not yet returned as events, leaving the parser
+    /// empty. Call it only between events (right after a complete one): a reader that
+    /// switches to another framing mid-stream (the load generator's trusted-input framer,
+    /// `starling-bench`) continues from there.
+    pub fn take_buffered(&mut self) -> bytes::BytesMut {
+        self.pos = 0;
+        self.scan = Scan::Idle;
+        self.depth = 0;
+        self.open.clear();
+        std::mem::take(&mut self.buf)
+    }
+
     /// Bytes currently buffered (received but not yet returned as an event).
     pub fn buffered(&self) -> usize {
         self.buf.len()

@@ -723,10 +723,28 @@ impl CloseOutcome {
     }
 }
 
+/// Where parsed events come from: the full parser ([`Reader`]) or the trusted-input framer
+/// (`frame::FastReader`).
+pub trait EventSource {
+    fn poll_event(&mut self) -> Result<Option<Event>>;
+    #[allow(async_fn_in_trait)] // used in this binary only, never across threads generically
+    async fn read_more(&mut self) -> io::Result<bool>;
+}
+
+impl<R: AsyncRead + Unpin> EventSource for Reader<R> {
+    fn poll_event(&mut self) -> Result<Option<Event>> {
+        Reader::poll_event(self)
+    }
+
+    async fn read_more(&mut self) -> io::Result<bool> {
+        Reader::read_more(self).await
+    }
+}
+
 /// After our `</stream:stream>` was sent: read until the server's close (events other than
 /// the close are handed to `on_stanza`), then shut the transport down.
-pub async fn await_close<R: AsyncRead + Unpin>(
-    r: &mut Reader<R>,
+pub async fn await_close<S: EventSource>(
+    r: &mut S,
     timeout: Duration,
     mut on_stanza: impl FnMut(Stanza),
 ) -> CloseOutcome {

@@ -12,6 +12,7 @@
 //! 2 exactly-once delivery violated (messages lost or duplicated).
 
 mod client;
+mod frame;
 mod hist;
 mod procstat;
 mod report;
