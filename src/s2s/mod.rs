@@ -21,6 +21,7 @@ pub mod certs;
 mod config;
 pub mod dialback;
 pub mod inbound;
+pub mod out_stream;
 pub mod outbound;
 pub mod resolve;
 
