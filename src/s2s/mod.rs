@@ -23,6 +23,7 @@ pub mod dialback;
 pub mod inbound;
 pub mod outbound;
 pub mod resolve;
+pub mod stream;
 
 pub use config::S2sConfig;
 
