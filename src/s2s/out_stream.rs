@@ -9,7 +9,6 @@
 //! wait for the other's verification, so holding them until authentication would
 //! deadlock until the timeout.
 
-use bytes::Bytes;
 use std::collections::HashMap;
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -21,8 +20,7 @@ use super::resolve::Target;
 use super::S2s;
 use crate::xml::{escape, Event, Limits, Stanza, StreamParser, XmlError, NS_STREAM};
 
-const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
-const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+use super::stream::{NS_BIDI_FEATURE, NS_SASL, NS_TLS};
 
 /// Any byte stream a connection runs over (TCP, TLS over TCP).
 pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -87,6 +85,8 @@ pub(super) struct Conn {
     /// The id of the receiving server's current stream header.
     pub stream_id: String,
     pub tls: bool,
+    /// XEP-0288 requested: the peer sends its stanzas to us over this stream too.
+    pub bidi: bool,
     /// The certificate chain the peer presented in the TLS handshake.
     pub peer_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Answers awaited for our `db:verify`s, by the verified stream's id.
@@ -106,6 +106,7 @@ impl Conn {
             remote: remote.to_owned(),
             stream_id: String::new(),
             tls,
+            bidi: false,
             peer_chain: Vec::new(),
             pending: HashMap::new(),
             held: Vec::new(),
@@ -122,16 +123,11 @@ impl Conn {
     /// Open (or restart) our stream and read the peer's header.
     async fn open(&mut self, control: &mut mpsc::Receiver<Verify>) -> Result<(), OutError> {
         self.parser.reset();
-        let header = format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
-             xmlns:stream='{NS_STREAM}' xmlns:db='{NS_DIALBACK}' from='{}' to='{}' \
-             version='1.0'>",
-            escape(&self.local),
-            escape(&self.remote)
-        );
+        let header = super::stream::header(&self.local, Some(&self.remote), None);
         self.write(header.as_bytes()).await?;
         match self.next_raw(control).await? {
             Event::Open(h) => {
+                super::stream::check_header(&h).map_err(|e| OutError::Protocol(e.to_string()))?;
                 self.stream_id = h.id.unwrap_or_default();
                 Ok(())
             }
@@ -314,6 +310,11 @@ pub(super) async fn establish(
             conn.enable_verify().await?;
             return Ok((conn, Method::External));
         }
+        if !authenticated && !conn.bidi && has("bidi", NS_BIDI_FEATURE) {
+            // XEP-0288 §2.2: before authentication; the peer may then send to us over it.
+            conn.write(b"<bidi xmlns='urn:xmpp:bidi'/>").await?;
+            conn.bidi = true;
+        }
         if conn.tls
             && config.require_valid_certificates
             && !s2s.tls.valid_for(&conn.peer_chain, remote)
@@ -380,84 +381,5 @@ async fn dialback_result(
                 other.unwrap_or("(none)")
             ))),
         };
-    }
-}
-
-/// A stanza handed to [`crate::federation::Remote::send`] in the form an s2s stream
-/// carries: its top-level `xmlns='jabber:client'` (if any) removed, so it inherits the
-/// stream's `jabber:server`. Nested elements keep theirs (a forwarded message stays in
-/// jabber:client).
-pub fn to_server_ns(stanza: Bytes) -> Bytes {
-    match client_xmlns_span(&stanza) {
-        Some((start, end)) => {
-            let mut v = Vec::with_capacity(stanza.len());
-            v.extend_from_slice(&stanza[..start]);
-            v.extend_from_slice(&stanza[end..]);
-            Bytes::from(v)
-        }
-        None => stanza,
-    }
-}
-
-/// Byte range (leading whitespace included) of an `xmlns='jabber:client'` attribute on
-/// the top-level start tag.
-fn client_xmlns_span(s: &[u8]) -> Option<(usize, usize)> {
-    let mut i = s.iter().position(|&b| b == b'<')? + 1;
-    while i < s.len() && !s[i].is_ascii_whitespace() && s[i] != b'>' && s[i] != b'/' {
-        i += 1;
-    }
-    loop {
-        let attr_start = i;
-        while i < s.len() && s[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i >= s.len() || s[i] == b'>' || s[i] == b'/' {
-            return None;
-        }
-        let name_start = i;
-        while i < s.len() && s[i] != b'=' && !s[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let name = &s[name_start..i];
-        while i < s.len() && (s[i] == b'=' || s[i].is_ascii_whitespace()) {
-            i += 1;
-        }
-        let quote = *s.get(i)?;
-        if quote != b'\'' && quote != b'"' {
-            return None;
-        }
-        let value_start = i + 1;
-        let value_len = s.get(value_start..)?.iter().position(|&b| b == quote)?;
-        i = value_start + value_len + 1;
-        if name == b"xmlns" && &s[value_start..value_start + value_len] == b"jabber:client" {
-            return Some((attr_start, i));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn norm(s: &str) -> String {
-        String::from_utf8(to_server_ns(Bytes::from(s.to_owned())).to_vec()).unwrap()
-    }
-
-    #[test]
-    fn client_namespace_removed_from_the_top_level_only() {
-        assert_eq!(
-            norm("<message xmlns='jabber:client' to='a@b'><body>x</body></message>"),
-            "<message to='a@b'><body>x</body></message>"
-        );
-        assert_eq!(
-            norm("<message to=\"a@b\" xmlns=\"jabber:client\"/>"),
-            "<message to=\"a@b\"/>"
-        );
-        let nested = "<message to='a@b'><forwarded xmlns='urn:xmpp:forward:0'>\
-                      <message xmlns='jabber:client'/></forwarded></message>";
-        assert_eq!(norm(nested), nested);
-        let tricky = "<message id=\"x xmlns='jabber:client'\" to='a@b'/>";
-        assert_eq!(norm(tricky), tricky);
-        assert_eq!(norm("<iq/>"), "<iq/>");
     }
 }

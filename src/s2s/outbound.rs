@@ -19,8 +19,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::out_stream::{establish, to_server_ns, Conn, OutError, Verify};
+use super::out_stream::{establish, Conn, OutError, Verify};
 use super::resolve::Resolver;
+use super::stream::{dispatch, to_server_ns, Pairs};
 use super::{S2s, S2sConfig};
 use crate::federation::RemoteError;
 use crate::stanza::{Condition, StanzaError};
@@ -275,13 +276,16 @@ impl PairTask {
     async fn carry(&mut self, conn: &mut Conn) -> End {
         let idle = Duration::from_secs(self.s2s.outbound.config.idle_timeout_secs);
         let mut deadline = Instant::now() + idle;
+        let mut pairs = Pairs::default();
+        pairs.add(&conn.local, &conn.remote);
         loop {
             loop {
                 match conn.poll_event() {
                     Ok(None) => break,
                     Ok(Some(Event::Stanza(st))) => {
-                        // XEP-0288 traffic is not requested yet; nothing else is expected.
-                        tracing::debug!(name = %st.name, remote = %conn.remote, "s2s: ignoring element on outbound stream");
+                        if let Err(e) = self.received(conn, &pairs, &st).await {
+                            return End::Lost(e);
+                        }
                     }
                     Ok(Some(_)) => {
                         return End::Lost(OutError::Protocol("unexpected header".into()))
@@ -303,6 +307,24 @@ impl PairTask {
             }
             deadline = Instant::now() + idle;
         }
+    }
+
+    /// An element the peer sent on the authenticated stream: with XEP-0288, its stanzas
+    /// (from `remote` to `local`) go to the core like those of an inbound stream; other
+    /// elements are ignored (dialback for other domain pairs is not offered this way).
+    async fn received(&self, conn: &mut Conn, pairs: &Pairs, st: &Stanza) -> Result<(), OutError> {
+        if !conn.bidi || !matches!(st.name.as_str(), "message" | "presence" | "iq") {
+            tracing::debug!(name = %st.name, remote = %conn.remote, "s2s: ignoring element on outbound stream");
+            return Ok(());
+        }
+        let Some(server) = self.s2s.server.upgrade() else {
+            return Err(OutError::Closed);
+        };
+        if let Err(e) = dispatch(&server, pairs, st).await {
+            conn.write(e.to_xml().as_bytes()).await?;
+            return Err(OutError::Protocol(e.to_string()));
+        }
+        Ok(())
     }
 
     /// Leave the map and stop accepting: later sends start a new pair.
