@@ -306,3 +306,41 @@ async fn invalid_dialback_is_not_used() {
     .await;
     assert_message(&peer.element().await, "i2", "again");
 }
+
+/// A message a local user sends to a domain that cannot be reached comes back to the
+/// sender as an error from the recipient's JID, with the body echoed (RFC 6120 §8.3.3).
+async fn bounced(server: &TestServer, expected: &str) {
+    server.add_user("alice", PASSWORD).await;
+    let mut alice = server.login("alice", PASSWORD, "phone").await;
+    alice
+        .send(&format!(
+            "<message to='bob@{REMOTE}' id='b1' type='chat'><body>anyone?</body></message>"
+        ))
+        .await;
+    let err = alice.wait_for("the bounce", is_message).await;
+    assert_eq!(err.attr("from"), Some(format!("bob@{REMOTE}").as_str()));
+    assert_eq!(err.attr("id"), Some("b1"));
+    assert_eq!(stanza_error_condition(&err), expected);
+    assert_eq!(body(&err).as_deref(), Some("anyone?"));
+}
+
+#[tokio::test]
+#[ignore = "needs federation::inbound and c2s routing to send_remote (routing branch): enable after merging"]
+async fn refused_connection_bounces_remote_server_not_found() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let server = server_for(&format!("127.0.0.1:{port}"), "").await;
+    bounced(&server, "remote-server-not-found").await;
+}
+
+#[tokio::test]
+#[ignore = "needs federation::inbound and c2s routing to send_remote (routing branch): enable after merging"]
+async fn silent_peer_bounces_remote_server_timeout() {
+    // Accepts (kernel backlog) and never says a word.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let server = server_for(&format!("127.0.0.1:{port}"), "connect_timeout_secs = 1\n").await;
+    bounced(&server, "remote-server-timeout").await;
+    drop(silent);
+}

@@ -52,6 +52,13 @@ fn free_port() -> u16 {
 }
 
 async fn start(domain: &str, port: u16, peer: &str, peer_port: u16, extra: &str) -> Node {
+    // RUST_LOG=starling=debug shows both servers' logs for a failing test.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = format!(
         "domain = \"{domain}\"\ndata_dir = \"{}\"\n\
@@ -108,7 +115,7 @@ async fn messages_both_ways(a: &Node, b: &Node) {
     let mut alice = a.client("alice").await;
     let mut bob = b.client("bob").await;
     alice
-        .send_stanza(chat("bob@b.test", "hello from a").into())
+        .send_stanza(chat("bob@b.test/test", "hello from a").into())
         .await
         .expect("send");
     expect_body(&mut bob, "alice@a.test", "hello from a").await;
