@@ -97,6 +97,23 @@ async fn unknown_target_domain_is_host_unknown() {
     assert_eq!(c.expect_stream_error().await, "host-unknown");
 }
 
+/// A peer claiming to be one of our own domains, in its header or in a dialback request.
+#[tokio::test]
+async fn peer_claiming_a_local_domain_is_invalid_from() {
+    let server = TestServer::start_with(PLAINTEXT).await;
+    let mut c = RawClient::connect(s2s_addr(&server)).await;
+    c.send(&s2s_header(DOMAIN, DOMAIN)).await;
+    assert_eq!(c.expect_stream_error().await, "invalid-from");
+
+    let mut c = RawClient::connect(s2s_addr(&server)).await;
+    open(&mut c, "remote.test", DOMAIN).await;
+    c.send(&format!(
+        "<db:result from='{DOMAIN}' to='{DOMAIN}'>00</db:result>"
+    ))
+    .await;
+    assert_eq!(c.expect_stream_error().await, "invalid-from");
+}
+
 #[tokio::test]
 async fn tls_is_required_before_dialback_by_default() {
     let server = TestServer::start().await;
