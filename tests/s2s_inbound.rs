@@ -97,6 +97,23 @@ async fn unknown_target_domain_is_host_unknown() {
     assert_eq!(c.expect_stream_error().await, "host-unknown");
 }
 
+/// A peer claiming to be one of our own domains, in its header or in a dialback request.
+#[tokio::test]
+async fn peer_claiming_a_local_domain_is_invalid_from() {
+    let server = TestServer::start_with(PLAINTEXT).await;
+    let mut c = RawClient::connect(s2s_addr(&server)).await;
+    c.send(&s2s_header(DOMAIN, DOMAIN)).await;
+    assert_eq!(c.expect_stream_error().await, "invalid-from");
+
+    let mut c = RawClient::connect(s2s_addr(&server)).await;
+    open(&mut c, "remote.test", DOMAIN).await;
+    c.send(&format!(
+        "<db:result from='{DOMAIN}' to='{DOMAIN}'>00</db:result>"
+    ))
+    .await;
+    assert_eq!(c.expect_stream_error().await, "invalid-from");
+}
+
 #[tokio::test]
 async fn tls_is_required_before_dialback_by_default() {
     let server = TestServer::start().await;
@@ -440,4 +457,38 @@ async fn dialback_then_stanzas_reach_a_local_user() {
     ))
     .await;
     assert_eq!(c.expect_stream_error().await, "invalid-from");
+}
+
+/// XEP-0220 §2.4 resource-constraint: one stream may not make us run more than
+/// `s2s.max_domain_pairs` verifications at once.
+#[tokio::test]
+#[ignore = "needs Outbound::verify (s2s-out) to wait on a silent authoritative server: enable after merging"]
+async fn domain_pairs_per_stream_are_bounded() {
+    // An "authoritative server" that accepts and never answers: verifications stay pending.
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let server = TestServer::start_with(&format!(
+        "[s2s]\nrequire_tls = false\nmax_domain_pairs = 1\nconnect_timeout_secs = 30\n\
+         static_hosts = {{ \"a.test\" = \"{silent_addr}\", \"b.test\" = \"{silent_addr}\" }}\n"
+    ))
+    .await;
+    let mut c = RawClient::connect(s2s_addr(&server)).await;
+    open(&mut c, "a.test", DOMAIN).await;
+    c.send(&format!(
+        "<db:result from='a.test' to='{DOMAIN}'>00</db:result>"
+    ))
+    .await;
+    c.send(&format!(
+        "<db:result from='b.test' to='{DOMAIN}'>00</db:result>"
+    ))
+    .await;
+    let r = c.wait_for("db:result", is_db("result")).await;
+    assert_eq!(r.attr("to"), Some("b.test"), "{}", describe(&r));
+    assert_eq!(db_error_condition(&r), "resource-constraint");
 }

@@ -185,10 +185,14 @@ impl Wire {
             if !self.header_sent {
                 let id = crate::stanza::random_id();
                 self.write(stream::header(local, None, Some(&id)).as_bytes());
+                self.header_sent = true;
             }
             self.write(e.to_xml().as_bytes());
         }
-        self.write(b"</stream:stream>");
+        // Without a header of ours (the peer never sent one) there is no stream to close.
+        if self.header_sent {
+            self.write(b"</stream:stream>");
+        }
         let close = async {
             let _ = self.flush().await;
             let _ = self.io.shutdown().await;
@@ -329,6 +333,12 @@ impl Inbound {
                     .ok_or_else(|| End::err("invalid-from", format!("{f} is not a domain")))?,
             ),
         };
+        if remote
+            .as_deref()
+            .is_some_and(|r| self.server.is_local_domain(r))
+        {
+            return Err(End::err("invalid-from", "that domain is served here"));
+        }
         if let Some(authed) = &self.external {
             if remote.as_ref() != Some(authed) || local != self.local {
                 return Err(End::err(

@@ -166,6 +166,9 @@ impl Inbound {
             return Ok(());
         }
         let (remote, local, key) = db_request(st)?;
+        if self.server.is_local_domain(&remote) {
+            return Err(End::err("invalid-from", "that domain is served here"));
+        }
         let reply = |wire: &mut Wire, a: Answer| {
             wire.write(db_answer("result", &local, &remote, None, a).as_bytes());
         };
