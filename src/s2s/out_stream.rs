@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -51,6 +52,8 @@ pub enum OutError {
     Refused(String),
     #[error("timed out")]
     Timeout,
+    #[error("too many s2s streams (s2s.max_streams)")]
+    TooManyStreams,
 }
 
 /// How the stream authenticated, for the log line.
@@ -94,6 +97,7 @@ pub(super) struct Conn {
     /// `db:verify`s asked for before the stream could carry them.
     held: Vec<Verify>,
     can_verify: bool,
+    write_timeout: Duration,
 }
 
 impl Conn {
@@ -111,13 +115,22 @@ impl Conn {
             pending: HashMap::new(),
             held: Vec::new(),
             can_verify: false,
+            write_timeout: Duration::from_secs(30),
         }
     }
 
+    /// Write and flush; a peer that stops reading for `connect_timeout_secs` is dropped
+    /// (the idle timer cannot fire while the task is blocked in a write).
     pub async fn write(&mut self, data: &[u8]) -> Result<(), OutError> {
-        self.io.write_all(data).await?;
-        self.io.flush().await?;
-        Ok(())
+        let io = &mut self.io;
+        let write = async {
+            io.write_all(data).await?;
+            io.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(OutError::Timeout),
+        }
     }
 
     /// Open (or restart) our stream and read the peer's header.
@@ -275,6 +288,7 @@ pub(super) async fn establish(
         .map_err(|e| OutError::Connect(addr, e))?;
     let _ = tcp.set_nodelay(true);
     let mut conn = Conn::new(Box::new(tcp), limits, local, remote, false);
+    conn.write_timeout = Duration::from_secs(config.connect_timeout_secs);
     if target.direct_tls {
         conn = conn.tls(s2s).await?;
     }

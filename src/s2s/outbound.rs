@@ -206,6 +206,9 @@ impl PairTask {
         let (local, remote) = (self.key.0.clone(), self.key.1.clone());
         let limits = server.config.xml_limits();
         drop(server);
+        let Ok(_slot) = s2s.streams.clone().try_acquire_owned() else {
+            return self.fail(OutError::TooManyStreams).await;
+        };
         let connecting = async {
             let targets = out.resolver.targets(&out.config, &remote).await;
             let mut last = OutError::NoService;
@@ -226,17 +229,7 @@ impl PairTask {
         };
         let (mut conn, method) = match established {
             Ok(c) => c,
-            Err(e) => {
-                tracing::info!(%local, %remote, error = %e, "s2s: outbound stream failed");
-                let condition = match e {
-                    OutError::Timeout => Condition::RemoteServerTimeout,
-                    _ => Condition::RemoteServerNotFound,
-                };
-                self.stop();
-                let pending = self.drain().await;
-                bounce(&self.s2s, pending, condition, &e.to_string()).await;
-                return;
-            }
+            Err(e) => return self.fail(e).await,
         };
         tracing::info!(
             direction = "out",
@@ -325,6 +318,20 @@ impl PairTask {
             return Err(OutError::Protocol(e.to_string()));
         }
         Ok(())
+    }
+
+    /// The stream could not be set up: every queued stanza bounces.
+    async fn fail(mut self, e: OutError) {
+        let (local, remote) = (&self.key.0, &self.key.1);
+        tracing::info!(%local, %remote, error = %e, "s2s: outbound stream failed");
+        let condition = match e {
+            OutError::Timeout => Condition::RemoteServerTimeout,
+            OutError::TooManyStreams => Condition::ResourceConstraint,
+            _ => Condition::RemoteServerNotFound,
+        };
+        self.stop();
+        let pending = self.drain().await;
+        bounce(&self.s2s, pending, condition, &e.to_string()).await;
     }
 
     /// Leave the map and stop accepting: later sends start a new pair.
