@@ -344,3 +344,106 @@ async fn silent_peer_bounces_remote_server_timeout() {
     bounced(&server, "remote-server-timeout").await;
     drop(silent);
 }
+
+/// Dialback on a direct TLS stream to the scripted peer, with `features` offered after TLS.
+async fn authenticated_peer(
+    listener: &TcpListener,
+    tls: &S2sTls,
+    id: &str,
+    features: &str,
+) -> Peer {
+    let mut peer = Peer::accept(listener).await.tls(tls).await;
+    peer.open(id, features).await;
+    let mut first = peer.element().await;
+    if first.name() == "bidi" {
+        first = peer.element().await;
+    }
+    assert_eq!((first.name(), first.ns().as_str()), ("result", NS_DB));
+    peer.send(&format!(
+        "<db:result from='{REMOTE}' to='localhost' type='valid'/>"
+    ))
+    .await;
+    peer
+}
+
+/// XEP-0288: offered bidi is requested before dialback; the peer's stanzas on our stream
+/// then go through the inbound checks: a 'from' of another domain is a stream error.
+#[tokio::test]
+async fn bidi_is_requested_and_peer_stanzas_are_checked() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = server_for(&format!("tls://127.0.0.1:{port}"), "").await;
+    let tls = peer_tls();
+    send_remote(&server, message("b1", "bidi")).unwrap();
+    let mut peer = Peer::accept(&listener).await.tls(&tls).await;
+    peer.open(
+        "bidi-1",
+        "<dialback xmlns='urn:xmpp:features:dialback'/><bidi xmlns='urn:xmpp:features:bidi'/>",
+    )
+    .await;
+    let bidi = peer.element().await;
+    assert_eq!((bidi.name(), bidi.ns().as_str()), ("bidi", "urn:xmpp:bidi"));
+    assert_eq!(peer.element().await.name(), "result");
+    peer.send(&format!(
+        "<db:result from='{REMOTE}' to='localhost' type='valid'/>"
+    ))
+    .await;
+    assert_message(&peer.element().await, "b1", "bidi");
+    // Authenticated direction (remote.test → localhost): accepted without complaint.
+    peer.send(&format!(
+        "<message from='bob@{REMOTE}/x' to='alice@localhost' id='r1'><body>back</body></message>"
+    ))
+    .await;
+    // Not authenticated on this stream: refused with the RFC 6120 stream error.
+    peer.send("<message from='mallory@other.test' to='alice@localhost' id='r2'/>")
+        .await;
+    let err = peer.element().await;
+    assert_eq!(stream_error_condition(&err), "invalid-from");
+}
+
+/// After `s2s.idle_timeout_secs` without traffic the stream is closed; the next stanza
+/// opens a new one.
+#[tokio::test]
+async fn idle_stream_is_closed_and_reopened_on_demand() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = server_for(
+        &format!("tls://127.0.0.1:{port}"),
+        "idle_timeout_secs = 1\n",
+    )
+    .await;
+    let tls = peer_tls();
+    send_remote(&server, message("d1", "first")).unwrap();
+    let dialback = "<dialback xmlns='urn:xmpp:features:dialback'/>";
+    let mut peer = authenticated_peer(&listener, &tls, "idle-1", dialback).await;
+    assert_message(&peer.element().await, "d1", "first");
+    match peer.try_event().await {
+        Some(Event::Close) | None => {}
+        Some(other) => panic!("expected the idle stream to close, got {other:?}"),
+    }
+    send_remote(&server, message("d2", "second")).unwrap();
+    let mut peer = authenticated_peer(&listener, &tls, "idle-2", dialback).await;
+    assert_message(&peer.element().await, "d2", "second");
+}
+
+/// With `s2s.require_valid_certificates`, a peer whose certificate does not chain to a
+/// trusted root gets no authentication attempt and no stanza.
+#[tokio::test]
+async fn untrusted_peer_certificate_is_refused_when_required() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = server_for(
+        &format!("tls://127.0.0.1:{port}"),
+        "require_valid_certificates = true\nuse_system_roots = false\n",
+    )
+    .await;
+    let tls = peer_tls();
+    send_remote(&server, message("c1", "secret")).unwrap();
+    let mut peer = Peer::accept(&listener).await.tls(&tls).await;
+    peer.open("cert-1", "<dialback xmlns='urn:xmpp:features:dialback'/>")
+        .await;
+    match peer.try_event().await {
+        Some(Event::Close) | None => {}
+        Some(other) => panic!("expected the stream to end unauthenticated, got {other:?}"),
+    }
+}
