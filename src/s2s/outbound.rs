@@ -255,11 +255,15 @@ impl PairTask {
             End::Lost(e) => {
                 tracing::info!(%local, %remote, error = %e, "s2s: outbound stream lost");
                 conn.close().await;
-                // Stanzas not yet written go to a fresh stream.
+                // Stanzas not yet written go to a fresh stream (or bounce if it is full).
+                let mut refused = Vec::new();
                 for st in rest {
-                    let pair = out.pair(&s2s, &self.key);
-                    let _ = pair.stanzas.try_send(st);
+                    if let Err(e) = out.pair(&s2s, &self.key).stanzas.try_send(st) {
+                        refused.push(e.into_inner());
+                    }
                 }
+                let text = "s2s queue full";
+                bounce(&s2s, refused, Condition::ResourceConstraint, text).await;
             }
         }
     }
