@@ -63,39 +63,57 @@ impl Resolver {
         let Some(dns) = self.dns().await else {
             return fallback(domain);
         };
-        let mut records = Vec::new();
-        let mut refused = 0;
-        for (service, direct_tls) in [("_xmpps-server._tcp", true), ("_xmpp-server._tcp", false)] {
+        let mut answers = [Vec::new(), Vec::new()];
+        for (slot, (service, direct_tls)) in answers
+            .iter_mut()
+            .zip([("_xmpps-server._tcp", true), ("_xmpp-server._tcp", false)])
+        {
             let name = format!("{service}.{domain}.");
             let Ok(found) = dns.srv_lookup(name.as_str()).await else {
                 continue; // NXDOMAIN / no records / failure: as if absent
             };
-            let srvs: Vec<_> = found.iter().collect();
-            if srvs.len() == 1 && srvs[0].target().is_root() {
-                refused += 1;
-                continue;
-            }
-            records.extend(srvs.into_iter().map(|s| Srv {
+            slot.extend(found.iter().map(|s| Srv {
                 priority: s.priority(),
                 weight: s.weight(),
                 target: Target {
+                    // The root name "." becomes "": no service.
                     host: s.target().to_ascii().trim_end_matches('.').to_owned(),
                     port: s.port(),
                     direct_tls,
                 },
             }));
         }
-        if records.is_empty() {
-            return if refused > 0 {
-                Vec::new()
-            } else {
-                fallback(domain)
-            };
-        }
-        order(records, &mut |n| {
+        let [xmpps, xmpp] = answers;
+        plan(domain, xmpps, xmpp, &mut |n| {
             rand::Rng::gen_range(&mut rand::thread_rng(), 0..=n)
         })
     }
+}
+
+/// The targets from what the two SRV lookups answered (empty: no records). RFC 6120
+/// §3.2.1 / RFC 2782: a lone "." (host "") for `_xmpp-server` means the domain decidedly
+/// offers no s2s service; for `_xmpps-server` only that there is no direct TLS
+/// (XEP-0368). No usable record at all: the domain itself on 5269.
+pub fn plan(
+    domain: &str,
+    xmpps: Vec<Srv>,
+    xmpp: Vec<Srv>,
+    pick: &mut dyn FnMut(u32) -> u32,
+) -> Vec<Target> {
+    let refused = xmpp.len() == 1 && xmpp[0].target.host.is_empty();
+    let records: Vec<Srv> = xmpps
+        .into_iter()
+        .chain(xmpp)
+        .filter(|r| !r.target.host.is_empty())
+        .collect();
+    if records.is_empty() {
+        return if refused {
+            Vec::new()
+        } else {
+            fallback(domain)
+        };
+    }
+    order(records, pick)
 }
 
 fn fallback(domain: &str) -> Vec<Target> {
@@ -225,6 +243,25 @@ mod tests {
             Some("::1".into())
         );
         assert_eq!(static_target("nope"), None);
+    }
+
+    #[test]
+    fn dot_targets_and_fallback() {
+        let dot = |direct_tls| vec![srv(0, 0, "", direct_tls)];
+        let fallback = plan("d.test", vec![], vec![], &mut |_| 0);
+        assert_eq!(
+            fallback,
+            vec![Target {
+                host: "d.test".into(),
+                port: DEFAULT_PORT,
+                direct_tls: false
+            }]
+        );
+        assert!(plan("d.test", vec![], dot(false), &mut |_| 0).is_empty());
+        // "." for direct TLS only: STARTTLS as usual.
+        assert_eq!(plan("d.test", dot(true), vec![], &mut |_| 0), fallback);
+        let only_tls = plan("d.test", vec![srv(5, 0, "x", true)], dot(false), &mut |_| 0);
+        assert_eq!(hosts(&only_tls), ["x"]);
     }
 
     #[tokio::test]
