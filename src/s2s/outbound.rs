@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::out_stream::{establish, Conn, OutError, Verify};
+use super::out_stream::{establish, Conn, Method, OutError, Verify};
 use super::resolve::Resolver;
 use super::stream::{dispatch, to_server_ns, Pairs};
 use super::{S2s, S2sConfig};
@@ -209,20 +209,7 @@ impl PairTask {
         let Ok(_slot) = s2s.streams.clone().try_acquire_owned() else {
             return self.fail(OutError::TooManyStreams).await;
         };
-        let connecting = async {
-            let targets = out.resolver.targets(&out.config, &remote).await;
-            let mut last = OutError::NoService;
-            for t in &targets {
-                match establish(&s2s, limits.clone(), &local, &remote, t, &mut self.control).await {
-                    Ok(c) => return Ok(c),
-                    Err(e) => {
-                        tracing::debug!(%local, %remote, host = %t.host, port = t.port, error = %e, "s2s: connection attempt failed");
-                        last = e;
-                    }
-                }
-            }
-            Err(last)
-        };
+        let connecting = self.connect(&local, &remote, limits);
         let established = match tokio::time::timeout(out.connect_timeout(), connecting).await {
             Ok(r) => r,
             Err(_) => Err(OutError::Timeout),
@@ -266,6 +253,31 @@ impl PairTask {
                 bounce(&s2s, refused, Condition::ResourceConstraint, text).await;
             }
         }
+    }
+
+    /// Try each target of `remote` in order until one authenticates.
+    async fn connect(
+        &mut self,
+        local: &str,
+        remote: &str,
+        limits: crate::xml::Limits,
+    ) -> Result<(Conn, Method), OutError> {
+        let s2s = self.s2s.clone();
+        let out = &s2s.outbound;
+        let targets = out.resolver.targets(&out.config, remote).await;
+        let mut last = OutError::NoService;
+        for t in &targets {
+            let attempt = establish(&s2s, limits.clone(), local, remote, t, &mut self.control);
+            match attempt.await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    let (host, port) = (&t.host, t.port);
+                    tracing::debug!(local, remote, %host, port, error = %e, "s2s: attempt failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 
     /// The authenticated stream: write stanzas and `db:verify`s, read what the peer sends,
