@@ -453,3 +453,80 @@ async fn untrusted_peer_certificate_is_refused_when_required() {
         Some(other) => panic!("expected the stream to end unauthenticated, got {other:?}"),
     }
 }
+
+/// XEP-0220 §2.1.2 as receiving server: a server dialing Starling with `db:result` is
+/// checked by a `db:verify` over Starling's outbound stream to the authoritative server
+/// (played here too), whose answer is matched by stream id.
+#[tokio::test]
+async fn db_verify_goes_to_the_authoritative_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = server_for(&format!("tls://127.0.0.1:{port}"), "").await;
+    let tls = peer_tls();
+    let inbound_addr = server
+        .running()
+        .s2s_addrs
+        .direct_tls
+        .expect("s2s direct TLS");
+
+    // The originating server's stream to Starling.
+    let tcp = tokio::net::TcpStream::connect(inbound_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tls.connector().unwrap().connect(name, tcp).await.unwrap();
+    let mut origin = Peer {
+        io: Box::new(stream),
+        parser: StreamParser::new(Limits::default()),
+        client_chain: Vec::new(),
+        alpn: None,
+    };
+    origin
+        .send(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+             xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+             from='{REMOTE}' to='localhost' version='1.0'>"
+        ))
+        .await;
+    let Event::Open(h) = origin.event().await else {
+        panic!("expected Starling's stream header");
+    };
+    let stream_id = h.id.expect("stream id");
+    let features = origin.element().await;
+    assert_eq!(features.name(), "features");
+    origin
+        .send(&format!(
+            "<db:result from='{REMOTE}' to='localhost'>c0ffee</db:result>"
+        ))
+        .await;
+
+    // Starling asks the authoritative server (us again) over its own outbound stream.
+    let mut auth = Peer::accept(&listener).await.tls(&tls).await;
+    auth.open("auth-1", "<dialback xmlns='urn:xmpp:features:dialback'/>")
+        .await;
+    let verify = loop {
+        let el = auth.element().await;
+        if el.name() == "verify" {
+            break el;
+        }
+    };
+    assert_eq!(verify.ns(), NS_DB);
+    assert_eq!(verify.attr("from"), Some("localhost"));
+    assert_eq!(verify.attr("to"), Some(REMOTE));
+    assert_eq!(verify.attr("id"), Some(stream_id.as_str()));
+    assert_eq!(verify.text(), "c0ffee");
+    // An answer for another stream id must not decide this one.
+    auth.send(&format!(
+        "<db:verify from='{REMOTE}' to='localhost' id='other-stream' type='invalid'/>\
+         <db:verify from='{REMOTE}' to='localhost' id='{stream_id}' type='valid'/>"
+    ))
+    .await;
+
+    let result = loop {
+        let el = origin.element().await;
+        if el.name() == "result" {
+            break el;
+        }
+    };
+    assert_eq!(result.attr("type"), Some("valid"), "{result:?}");
+    assert_eq!(result.attr("from"), Some("localhost"));
+    assert_eq!(result.attr("to"), Some(REMOTE));
+}
