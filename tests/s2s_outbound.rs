@@ -389,6 +389,18 @@ async fn bidi_is_requested_and_peer_stanzas_are_checked() {
     ))
     .await;
     assert_message(&peer.element().await, "b1", "bidi");
+    // Piggybacking another domain of the peer is refused with a dialback error.
+    peer.send(&format!(
+        "<db:result from='conference.{REMOTE}' to='localhost'>00</db:result>"
+    ))
+    .await;
+    let refused = peer.element().await;
+    assert_eq!((refused.name(), refused.ns().as_str()), ("result", NS_DB));
+    assert_eq!(refused.attr("type"), Some("error"));
+    assert_eq!(
+        refused.attr("to"),
+        Some(format!("conference.{REMOTE}").as_str())
+    );
     // Authenticated direction (remote.test → localhost): accepted without complaint.
     peer.send(&format!(
         "<message from='bob@{REMOTE}/x' to='alice@localhost' id='r1'><body>back</body></message>"

@@ -19,13 +19,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::dialback::NS_DIALBACK;
 use super::out_stream::{establish, Conn, Method, OutError, Verify};
 use super::resolve::Resolver;
 use super::stream::{dispatch, to_server_ns, Pairs};
 use super::{S2s, S2sConfig};
 use crate::federation::RemoteError;
-use crate::stanza::{Condition, StanzaError};
-use crate::xml::{Event, NsContext, Stanza, NS_CLIENT};
+use crate::stanza::{Condition, StanzaError, NS_STANZAS};
+use crate::xml::{escape, Event, NsContext, Stanza, NS_CLIENT};
 
 type PairKey = (String, String);
 
@@ -322,8 +323,21 @@ impl PairTask {
     /// (from `remote` to `local`) go to the core like those of an inbound stream; other
     /// elements are ignored (dialback for other domain pairs is not offered this way).
     async fn received(&self, conn: &mut Conn, pairs: &Pairs, st: &Stanza) -> Result<(), OutError> {
+        if st.ns == NS_DIALBACK && st.name == "result" && st.type_.is_none() {
+            // XEP-0288 §2.2 lets the peer piggyback its other domains on a bidi stream;
+            // we do not (no stream id of ours to bind a key to): a dialback error tells
+            // it to open its own stream instead of waiting.
+            let answer = format!(
+                "<db:result from='{}' to='{}' type='error'><error type='cancel'>\
+                 <feature-not-implemented xmlns='{NS_STANZAS}'/></error></db:result>",
+                escape(st.to.as_deref().unwrap_or_default()),
+                escape(st.from.as_deref().unwrap_or_default()),
+            );
+            return conn.write(answer.as_bytes()).await;
+        }
         if !conn.bidi || !matches!(st.name.as_str(), "message" | "presence" | "iq") {
-            tracing::debug!(name = %st.name, remote = %conn.remote, "s2s: ignoring element on outbound stream");
+            let (name, remote) = (&st.name, &conn.remote);
+            tracing::debug!(%name, %remote, "s2s: ignoring element on outbound stream");
             return Ok(());
         }
         let Some(server) = self.s2s.server.upgrade() else {
