@@ -347,6 +347,23 @@ async fn idle_streams_are_closed() {
     assert!(c.backlog().is_empty(), "{:?}", c.backlog());
 }
 
+/// A stream that authenticates nothing within `connect_timeout_secs` is closed, even when
+/// it keeps sending (here: db:verify requests, which need no authentication).
+#[tokio::test]
+async fn unauthenticated_streams_do_not_stay() {
+    let server =
+        TestServer::start_with("[s2s]\nrequire_tls = false\nconnect_timeout_secs = 1\n").await;
+    let mut c = RawClient::connect(s2s_addr(&server)).await;
+    open(&mut c, "remote.test", DOMAIN).await;
+    c.send(&format!(
+        "<db:verify from='remote.test' to='{DOMAIN}' id='x'>00</db:verify>"
+    ))
+    .await;
+    let v = c.wait_for("db:verify", is_db("verify")).await;
+    assert_eq!(v.attr("type"), Some("invalid"));
+    assert_eq!(c.expect_stream_error().await, "connection-timeout");
+}
+
 #[tokio::test]
 async fn malformed_dialback_request_is_a_stream_error() {
     let server = TestServer::start_with(PLAINTEXT).await;

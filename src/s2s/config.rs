@@ -22,7 +22,8 @@ pub struct S2sConfig {
     /// Refuse s2s streams (both directions) that do not negotiate TLS.
     pub require_tls: bool,
     /// Seconds to establish an outbound connection (DNS, TCP, TLS, authentication) before the
-    /// queued stanzas bounce with remote-server-timeout.
+    /// queued stanzas bounce with remote-server-timeout. Inbound: the time a peer has to
+    /// authenticate a domain pair before its stream is closed.
     pub connect_timeout_secs: u64,
     /// Seconds without traffic after which an s2s stream is closed (it reopens on demand).
     pub idle_timeout_secs: u64,

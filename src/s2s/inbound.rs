@@ -260,6 +260,11 @@ impl Inbound {
             return End::err("system-shutdown", "server shutting down");
         }
         let idle = Duration::from_secs(self.server.config.s2s.idle_timeout_secs);
+        // A stream that authenticates nothing (a peer that only keeps a socket, or only
+        // asks db:verify) may not hold one of `max_streams` for longer than it takes to
+        // authenticate; legitimate verify-only streams reconnect when they need to.
+        let unauthenticated_until =
+            Instant::now() + Duration::from_secs(self.server.config.s2s.connect_timeout_secs);
         loop {
             loop {
                 let ev = match wire.parser.next_event() {
@@ -288,6 +293,10 @@ impl Inbound {
                 }
                 Some(bytes) = recv_bidi(&mut self.bidi), if can_send => Wake::Send(bytes),
                 _ = tokio::time::sleep_until(deadline) => return End::Idle,
+                _ = tokio::time::sleep_until(unauthenticated_until),
+                    if self.pairs.is_empty() && self.pending.is_empty() => {
+                    return End::err("connection-timeout", "no domain authenticated in time")
+                }
                 _ = shutdown.changed() => {
                     return End::err("system-shutdown", "server shutting down")
                 }
