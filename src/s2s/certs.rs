@@ -81,8 +81,8 @@ impl S2sTls {
 
     /// Is `chain` (end-entity first, as presented) valid for `domain`: chains to a trusted
     /// root (system roots if `s2s.use_system_roots`, plus `s2s.ca_file`), is current, and
-    /// names `domain` (DNS-ID, wildcard per RFC 6125 §6.4.3, or XmppAddr per RFC 6120
-    /// §13.7.1.4)?
+    /// names `domain` (DNS-ID, wildcard per RFC 6125 §6.4.3, XmppAddr per RFC 6120
+    /// §13.7.1.4, or an `_xmpp-server` SRV-ID per RFC 6125 §6.5.1)?
     pub fn valid_for(&self, chain: &[CertificateDer<'static>], domain: &str) -> bool {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return false;
@@ -110,7 +110,7 @@ impl S2sTls {
                 return true;
             }
         }
-        xmpp_addrs(leaf.as_ref())
+        other_name_domains(leaf.as_ref())
             .iter()
             .any(|a| a.eq_ignore_ascii_case(&domain))
     }
@@ -248,29 +248,35 @@ impl ServerCertVerifier for AcceptAny {
 
 /// DER of the OID id-on-xmppAddr (1.3.6.1.5.5.7.8.5, RFC 6120 §13.7.1.4).
 const ID_ON_XMPPADDR: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x08, 0x05];
+/// DER of the OID id-on-dnsSRV (1.3.6.1.5.5.7.8.7, RFC 4985).
+const ID_ON_DNSSRV: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x08, 0x07];
 /// DER of the OID id-ce-subjectAltName (2.5.29.17).
 const ID_CE_SAN: &[u8] = &[0x55, 0x1d, 0x11];
 
-/// The XmppAddr otherName values of the certificate's subjectAltName (a minimal DER walk:
-/// rustls-webpki only matches DNS and IP names; never panics on garbage).
-fn xmpp_addrs(cert: &[u8]) -> Vec<String> {
+/// The domains the certificate names in otherName form: XmppAddr (RFC 6120 §13.7.1.4, a
+/// UTF8String) and SRV-ID for `_xmpp-server` (RFC 6125 §6.5.1, RFC 4985: an IA5String
+/// `_xmpp-server.<domain>`). A minimal DER walk: rustls-webpki only matches DNS and IP
+/// names; never panics on garbage.
+fn other_name_domains(cert: &[u8]) -> Vec<String> {
     san_entries(cert)
         .into_iter()
-        .filter_map(|(tag, value)| {
-            if tag != 0xa0 {
-                return None;
-            }
-            let (t, oid, rest) = der_item(value)?;
-            if t != 0x06 || oid != ID_ON_XMPPADDR {
-                return None;
-            }
-            let (t, explicit, _) = der_item(rest)?;
-            let (u, s, _) = der_item(explicit)?;
-            (t == 0xa0 && u == 0x0c)
-                .then(|| std::str::from_utf8(s).ok().map(str::to_owned))
-                .flatten()
-        })
+        .filter(|(tag, _)| *tag == 0xa0)
+        .filter_map(|(_, value)| other_name_domain(value))
         .collect()
+}
+
+/// The domain in one otherName (its contents: type-id, then `[0]` value), if it is an
+/// XmppAddr or an `_xmpp-server` SRV-ID.
+fn other_name_domain(value: &[u8]) -> Option<String> {
+    let (t, oid, rest) = der_item(value)?;
+    let (e, explicit, _) = der_item(rest)?;
+    let (u, s, _) = der_item(explicit)?;
+    let s = std::str::from_utf8(s).ok()?;
+    match (t, oid, e, u) {
+        (0x06, ID_ON_XMPPADDR, 0xa0, 0x0c) => Some(s.to_owned()),
+        (0x06, ID_ON_DNSSRV, 0xa0, 0x16) => s.strip_prefix("_xmpp-server.").map(str::to_owned),
+        _ => None,
+    }
 }
 
 /// (tag, contents) of every GeneralName in the subjectAltName extension.
@@ -415,9 +421,44 @@ mod tests {
             ))],
             false,
         );
-        assert_eq!(xmpp_addrs(cert.as_ref()), vec!["xmpp.remote.test"]);
+        assert_eq!(other_name_domains(cert.as_ref()), vec!["xmpp.remote.test"]);
         assert!(tls.valid_for(std::slice::from_ref(&cert), "xmpp.remote.test"));
         assert!(!tls.valid_for(&[cert], "remote.test"));
+    }
+
+    #[test]
+    fn srv_id_other_name() {
+        let ca = ca();
+        let tls = tls_trusting(&ca);
+        let srv = |name: &str| {
+            SanType::OtherName((
+                vec![1, 3, 6, 1, 5, 5, 7, 8, 7],
+                OtherNameValue::Utf8String(name.into()),
+            ))
+        };
+        // rcgen writes otherName values as UTF8String; RFC 4985 wants IA5String, so only
+        // the parser's refusal of the wrong string type is checked with rcgen...
+        let cert = leaf(&ca, vec![srv("_xmpp-server.srv.remote.test")], false);
+        assert!(!tls.valid_for(std::slice::from_ref(&cert), "srv.remote.test"));
+        // ...and the IA5String form with a hand-made otherName.
+        let other_name = |oid: &[u8], tag: u8, value: &[u8]| {
+            let mut v = vec![0x06, oid.len() as u8];
+            v.extend_from_slice(oid);
+            v.extend_from_slice(&[0xa0, value.len() as u8 + 2, tag, value.len() as u8]);
+            v.extend_from_slice(value);
+            v
+        };
+        let ia5 = other_name(ID_ON_DNSSRV, 0x16, b"_xmpp-server.srv.remote.test");
+        assert_eq!(other_name_domain(&ia5).as_deref(), Some("srv.remote.test"));
+        let client = other_name(ID_ON_DNSSRV, 0x16, b"_xmpp-client.srv.remote.test");
+        assert_eq!(
+            other_name_domain(&client),
+            None,
+            "only the s2s service counts"
+        );
+        let xmpp = other_name(ID_ON_XMPPADDR, 0x0c, b"x.remote.test");
+        assert_eq!(other_name_domain(&xmpp).as_deref(), Some("x.remote.test"));
+        assert_eq!(other_name_domain(&ia5[..ia5.len() - 3]), None, "truncated");
     }
 
     #[test]
@@ -442,7 +483,7 @@ mod tests {
         let ca = ca();
         let tls = tls_trusting(&ca);
         assert!(!tls.valid_for(&[CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])], "x"));
-        assert!(xmpp_addrs(&[0x30, 0x84, 0xff]).is_empty());
+        assert!(other_name_domains(&[0x30, 0x84, 0xff]).is_empty());
     }
 
     /// Handshake between the acceptor and connector of two servers with self-signed
