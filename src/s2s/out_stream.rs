@@ -324,16 +324,15 @@ pub(super) async fn establish(
             conn.enable_verify().await?;
             return Ok((conn, Method::External));
         }
-        if !authenticated && !conn.bidi && has("bidi", NS_BIDI_FEATURE) {
+        if config.require_valid_certificates
+            && !(conn.tls && s2s.tls.valid_for(&conn.peer_chain, remote))
+        {
+            return Err(OutError::BadCertificate);
+        }
+        if !conn.bidi && has("bidi", NS_BIDI_FEATURE) {
             // XEP-0288 §2.2: before authentication; the peer may then send to us over it.
             conn.write(b"<bidi xmlns='urn:xmpp:bidi'/>").await?;
             conn.bidi = true;
-        }
-        if conn.tls
-            && config.require_valid_certificates
-            && !s2s.tls.valid_for(&conn.peer_chain, remote)
-        {
-            return Err(OutError::BadCertificate);
         }
         let external = conn.tls
             && features.get_child("mechanisms", NS_SASL).is_some_and(|m| {
