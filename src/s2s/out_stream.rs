@@ -18,10 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dialback::{self, NS_DIALBACK, NS_DIALBACK_FEATURE};
 use super::resolve::Target;
+use super::stream::{NS_BIDI_FEATURE, NS_SASL, NS_TLS};
 use super::S2s;
 use crate::xml::{escape, Event, Limits, Stanza, StreamParser, XmlError, NS_STREAM};
-
-use super::stream::{NS_BIDI_FEATURE, NS_SASL, NS_TLS};
 
 /// Any byte stream a connection runs over (TCP, TLS over TCP).
 pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

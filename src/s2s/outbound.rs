@@ -7,9 +7,14 @@
 //! (`s2s.max_queue`, drained only once the stream is authenticated) and `db:verify`
 //! requests (served as soon as the stream can carry them, see `out_stream`). The task
 //! removes its pair from the map before it stops reading the channels, so a stanza is
-//! either taken by it or finds the channel closed and starts a new pair: none is lost.
-//! A second local domain (e.g. `conference.<d>`) to the same remote gets its own stream
-//! (RFC 6120 §4.3 allows that instead of multiplexing over one).
+//! either taken by it or finds the channel closed and starts a new pair: none is lost
+//! while queued (stanzas already written to a stream that then breaks are, as s2s has no
+//! acknowledgements). A second local domain (e.g. `conference.<d>`) to the same remote
+//! gets its own stream (XEP-0220 §4.3 allows that instead of multiplexing over one).
+//!
+//! XEP-0288: an inbound stream the peer made bidirectional is used for (local, remote)
+//! while it lasts ([`Outbound::adopt`]); our own streams ask for bidi when offered, and
+//! the peer's stanzas on them go through [`super::stream::dispatch`].
 
 use bytes::Bytes;
 use jid::Jid;
