@@ -24,6 +24,7 @@ pub enum Condition {
     PolicyViolation,
     RegistrationRequired,
     RemoteServerNotFound,
+    RemoteServerTimeout,
     ResourceConstraint,
     ServiceUnavailable,
     UnexpectedRequest,
@@ -46,6 +47,7 @@ impl Condition {
             PolicyViolation => "policy-violation",
             RegistrationRequired => "registration-required",
             RemoteServerNotFound => "remote-server-not-found",
+            RemoteServerTimeout => "remote-server-timeout",
             ResourceConstraint => "resource-constraint",
             ServiceUnavailable => "service-unavailable",
             UnexpectedRequest => "unexpected-request",
@@ -59,7 +61,7 @@ impl Condition {
             BadRequest | JidMalformed | NotAcceptable | PolicyViolation => "modify",
             Conflict | FeatureNotImplemented | ServiceUnavailable | UnexpectedRequest => "cancel",
             Forbidden | NotAllowed | NotAuthorized | RegistrationRequired => "auth",
-            InternalServerError | ResourceConstraint => "wait",
+            InternalServerError | ResourceConstraint | RemoteServerTimeout => "wait",
             ItemNotFound | RemoteServerNotFound => "cancel",
         }
     }

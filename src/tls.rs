@@ -34,6 +34,10 @@ pub struct TlsContext {
     pub server_end_point: Option<Vec<u8>>,
     /// The leaf certificate (tests trust it directly).
     pub leaf: CertificateDer<'static>,
+    /// The whole chain and its key: s2s builds its own configurations from them (client
+    /// certificate for outbound streams, optional client auth inbound; `crate::s2s::certs`).
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
 }
 
 impl TlsContext {
@@ -65,13 +69,15 @@ impl TlsContext {
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(chain, key)?;
+            .with_single_cert(chain.clone(), key.clone_key())?;
         // Sessions are long-lived; resumption tickets buy little and cost memory.
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(TlsContext {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             server_end_point: server_end_point(&leaf),
             leaf,
+            chain,
+            key: Arc::new(key),
         })
     }
 
@@ -204,7 +210,7 @@ fn signature_oid(der: &[u8]) -> Option<&[u8]> {
 }
 
 /// Split one DER item: (tag, contents, rest).
-fn der_item(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn der_item(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let tag = *data.first()?;
     let first = *data.get(1)? as usize;
     let (len, header) = if first < 0x80 {

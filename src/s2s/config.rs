@@ -22,7 +22,8 @@ pub struct S2sConfig {
     /// Refuse s2s streams (both directions) that do not negotiate TLS.
     pub require_tls: bool,
     /// Seconds to establish an outbound connection (DNS, TCP, TLS, authentication) before the
-    /// queued stanzas bounce with remote-server-timeout.
+    /// queued stanzas bounce with remote-server-timeout. Inbound: the time a peer has to
+    /// authenticate a domain pair before its stream is closed.
     pub connect_timeout_secs: u64,
     /// Seconds without traffic after which an s2s stream is closed (it reopens on demand).
     pub idle_timeout_secs: u64,
@@ -31,6 +32,10 @@ pub struct S2sConfig {
     pub max_queue: usize,
     /// Most s2s streams (inbound plus outbound) at once.
     pub max_streams: usize,
+    /// Most domain pairs one inbound stream may authenticate or have pending (XEP-0220
+    /// multiplexing); beyond, dialback requests get a resource-constraint error. Bounds
+    /// the verification connections one peer can make us open.
+    pub max_domain_pairs: usize,
 }
 
 impl Default for S2sConfig {
@@ -46,6 +51,7 @@ impl Default for S2sConfig {
             idle_timeout_secs: 600,
             max_queue: 1000,
             max_streams: 1000,
+            max_domain_pairs: 100,
         }
     }
 }
@@ -55,8 +61,8 @@ impl S2sConfig {
         if self.connect_timeout_secs == 0 || self.idle_timeout_secs == 0 {
             return Err("s2s: connect_timeout_secs and idle_timeout_secs must be positive".into());
         }
-        if self.max_queue == 0 || self.max_streams == 0 {
-            return Err("s2s: max_queue and max_streams must be positive".into());
+        if self.max_queue == 0 || self.max_streams == 0 || self.max_domain_pairs == 0 {
+            return Err("s2s: max_queue, max_streams and max_domain_pairs must be positive".into());
         }
         for (domain, target) in &self.static_hosts {
             let addr = target.strip_prefix("tls://").unwrap_or(target);

@@ -21,8 +21,10 @@ pub mod certs;
 mod config;
 pub mod dialback;
 pub mod inbound;
+pub mod out_stream;
 pub mod outbound;
 pub mod resolve;
+pub mod stream;
 
 pub use config::S2sConfig;
 
@@ -35,6 +37,8 @@ pub struct S2s {
     /// XEP-0185 dialback secret (random, kept in the data dir so keys stay valid across a
     /// restart while a peer still verifies an old stream).
     pub secret: [u8; 32],
+    /// `s2s.max_streams`: one permit per live s2s stream, inbound or outbound.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The [`Remote`] the core sees.
@@ -86,6 +90,7 @@ pub fn start(
         tls: certs::S2sTls::new(state, config)?,
         outbound: outbound::Outbound::new(config),
         secret,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
     });
     state.federation.install(Arc::new(S2sRemote(s2s.clone())));
     let mut addrs = S2sAddrs::default();
