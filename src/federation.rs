@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock};
 use crate::server::ServerState;
 use crate::xml::Stanza;
 
+pub mod presences;
 mod receive;
 pub mod send;
 pub use send::session_handle;
@@ -51,10 +52,15 @@ pub trait Remote: Send + Sync {
     fn send(&self, from: &Jid, to: &Jid, stanza: Bytes) -> Result<(), RemoteError>;
 }
 
-/// The installed [`Remote`], if federation is enabled (set once, at startup).
+/// The installed [`Remote`], if federation is enabled (set once, at startup), and what
+/// this server knows of other domains' users.
 #[derive(Default)]
 pub struct Federation {
     remote: OnceLock<Arc<dyn Remote>>,
+    /// The last available presence of each resource of another domain's contacts, as
+    /// broadcast to a local user: who gets PEP notifications (XEP-0163 §4.3 decides on the
+    /// XEP-0115 caps in it), as the router's registry serves for local contacts.
+    pub presences: presences::RemotePresences,
 }
 
 impl Federation {

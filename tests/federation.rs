@@ -291,45 +291,44 @@ async fn roster_get(c: &mut tokio_xmpp::Client, id: &str) {
     wait(c, "roster", |e| e.attr("id") == Some(id)).await;
 }
 
-#[tokio::test]
-async fn subscriptions_both_ways_end_in_both_with_presence() {
-    let (a, b) = two_servers().await;
-    let (mut alice, alice_jid) = online(&a, "alice@a.test/laptop").await;
-    let (mut bob, bob_jid) = online(&b, "bob@b.test/phone").await;
-    roster_get(&mut alice, "r1").await;
-    roster_get(&mut bob, "r2").await;
-    available(&mut alice, &alice_jid).await;
-    available(&mut bob, &bob_jid).await;
-
+/// Alice (a.test) and Bob (b.test), online and available, subscribe to each other: each
+/// sees the request, approves it, gets the roster pushes up to 'both' and the other's
+/// presence.
+async fn befriend(
+    alice: &mut tokio_xmpp::Client,
+    alice_jid: &Jid,
+    bob: &mut tokio_xmpp::Client,
+    bob_jid: &Jid,
+) {
     // Alice subscribes to Bob; Bob's client sees the request, approves it.
     send(
-        &mut alice,
+        alice,
         "<presence xmlns='jabber:client' type='subscribe' to='bob@b.test'/>",
     )
     .await;
-    let p = wait(&mut alice, "push: ask", |e| {
+    let p = wait(alice, "push: ask", |e| {
         pushed_item(e, "bob@b.test") == Some(("none".into(), true))
     })
     .await;
     let _ = p;
-    let req = wait(&mut bob, "subscribe", |e| {
+    let req = wait(bob, "subscribe", |e| {
         e.name() == "presence" && e.attr("type") == Some("subscribe")
     })
     .await;
     assert!(from_is(&req, "alice@a.test"), "bare JID: {req:?}");
     send(
-        &mut bob,
+        bob,
         "<presence xmlns='jabber:client' type='subscribed' to='alice@a.test'/>",
     )
     .await;
-    wait(&mut bob, "push: from", |e| {
+    wait(bob, "push: from", |e| {
         pushed_item(e, "alice@a.test").is_some_and(|(s, _)| s == "from")
     })
     .await;
     // §3.1.5: the approval comes with Bob's current presence.
     let bob_s = bob_jid.to_string();
     wait_all(
-        &mut alice,
+        alice,
         "approval and presence",
         vec![
             Box::new(|e| pushed_item(e, "bob@b.test") == Some(("to".into(), false))),
@@ -340,26 +339,26 @@ async fn subscriptions_both_ways_end_in_both_with_presence() {
 
     // And back: Bob subscribes to Alice, Alice approves.
     send(
-        &mut bob,
+        bob,
         "<presence xmlns='jabber:client' type='subscribe' to='alice@a.test'/>",
     )
     .await;
-    wait(&mut alice, "subscribe from bob", |e| {
+    wait(alice, "subscribe from bob", |e| {
         e.name() == "presence" && e.attr("type") == Some("subscribe") && from_is(e, "bob@b.test")
     })
     .await;
     send(
-        &mut alice,
+        alice,
         "<presence xmlns='jabber:client' type='subscribed' to='bob@b.test'/>",
     )
     .await;
-    wait(&mut alice, "push: both (alice)", |e| {
+    wait(alice, "push: both (alice)", |e| {
         pushed_item(e, "bob@b.test").is_some_and(|(s, _)| s == "both")
     })
     .await;
     let alice_s = alice_jid.to_string();
     wait_all(
-        &mut bob,
+        bob,
         "approval and presence",
         vec![
             Box::new(|e| pushed_item(e, "alice@a.test").is_some_and(|(s, _)| s == "both")),
@@ -369,6 +368,20 @@ async fn subscriptions_both_ways_end_in_both_with_presence() {
         ],
     )
     .await;
+}
+
+#[tokio::test]
+async fn subscriptions_both_ways_end_in_both_with_presence() {
+    let (a, b) = two_servers().await;
+    let (mut alice, alice_jid) = online(&a, "alice@a.test/laptop").await;
+    let (mut bob, bob_jid) = online(&b, "bob@b.test/phone").await;
+    roster_get(&mut alice, "r1").await;
+    roster_get(&mut bob, "r2").await;
+    available(&mut alice, &alice_jid).await;
+    available(&mut bob, &bob_jid).await;
+
+    befriend(&mut alice, &alice_jid, &mut bob, &bob_jid).await;
+    let bob_s = bob_jid.to_string();
 
     // A presence change is broadcast across: Bob goes away, Alice sees it.
     send(
@@ -542,4 +555,82 @@ async fn remote_user_joins_a_room_and_chats() {
     })
     .await;
     let _ = BareJid::new(A);
+}
+
+const NS_CAPS: &str = "http://jabber.org/protocol/caps";
+const NS_INFO: &str = "http://jabber.org/protocol/disco#info";
+const TUNE: &str = "http://jabber.org/protocol/tune";
+
+fn tune_event(e: &Element, artist: &str) -> bool {
+    e.name() == "message"
+        && e.get_child("event", "http://jabber.org/protocol/pubsub#event")
+            .and_then(|ev| ev.get_child("items", "http://jabber.org/protocol/pubsub#event"))
+            .is_some_and(|items| {
+                items.attr("node") == Some(TUNE) && String::from(items).contains(artist)
+            })
+}
+
+#[tokio::test]
+async fn pep_events_reach_remote_contacts() {
+    let (a, b) = two_servers().await;
+    let (mut alice, alice_jid) = online(&a, "alice@a.test/laptop").await;
+    let (mut bob, bob_jid) = online(&b, "bob@b.test/phone").await;
+    roster_get(&mut alice, "r1").await;
+    roster_get(&mut bob, "r2").await;
+    available(&mut alice, &alice_jid).await;
+    available(&mut bob, &bob_jid).await;
+    befriend(&mut alice, &alice_jid, &mut bob, &bob_jid).await;
+
+    let publish = |id: &str, artist: &str| {
+        format!(
+            "<iq xmlns='jabber:client' type='set' id='{id}'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <publish node='{TUNE}'><item><tune xmlns='{TUNE}'><artist>{artist}</artist></tune></item>\
+             </publish></pubsub></iq>"
+        )
+    };
+    send(&mut bob, &publish("t1", "Yes")).await;
+    let r = wait(&mut bob, "publish", |e| e.attr("id") == Some("t1")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+
+    // Alice announces caps with tune+notify: both servers ask her client what they mean;
+    // b.test then sends her Bob's last tune (XEP-0163 §6.2) across.
+    send(
+        &mut alice,
+        &format!("<presence xmlns='jabber:client'><c xmlns='{NS_CAPS}' hash='sha-1' node='https://example.org/t' ver='T2theXdheQ=='/></presence>"),
+    )
+    .await;
+    for _ in 0..2 {
+        let q = wait(&mut alice, "caps query", |e| {
+            e.name() == "iq"
+                && e.attr("type") == Some("get")
+                && e.get_child("query", NS_INFO).is_some()
+        })
+        .await;
+        let (id, from) = (
+            q.attr("id").unwrap_or_default(),
+            q.attr("from").unwrap_or_default(),
+        );
+        assert!(from == A || from == B, "{q:?}");
+        send(
+            &mut alice,
+            &format!(
+                "<iq xmlns='jabber:client' type='result' id='{id}' to='{from}'>\
+                 <query xmlns='{NS_INFO}'><identity category='client' type='pc' name='t'/>\
+                 <feature var='{NS_INFO}'/><feature var='{TUNE}+notify'/></query></iq>"
+            ),
+        )
+        .await;
+    }
+    let m = wait(&mut alice, "last tune", |e| tune_event(e, "Yes")).await;
+    assert!(from_is(&m, "bob@b.test"), "{m:?}");
+    assert!(
+        m.get_child("delay", NS_DELAY).is_some(),
+        "a last item is delayed: {m:?}"
+    );
+
+    // A new publish reaches her live.
+    send(&mut bob, &publish("t2", "Genesis")).await;
+    let m = wait(&mut alice, "live tune", |e| tune_event(e, "Genesis")).await;
+    assert!(from_is(&m, "bob@b.test"), "{m:?}");
+    assert_eq!(m.attr("to"), Some(alice_jid.to_string().as_str()));
 }

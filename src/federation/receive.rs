@@ -162,6 +162,9 @@ async fn presence(server: &Arc<ServerState>, from: &Jid, to: &Jid, st: &Stanza) 
     }
     match st.type_.as_deref() {
         None | Some("unavailable") | Some("error") => {
+            if to.resource().is_none() && st.type_.as_deref() != Some("error") {
+                remember(server, from, &bare, st).await;
+            }
             let bytes = st.rewrite(Some(from.as_str()), Some(to.as_str()));
             match to.resource() {
                 Some(r) => {
@@ -192,6 +195,46 @@ async fn presence(server: &Arc<ServerState>, from: &Jid, to: &Jid, st: &Stanza) 
             }]);
             crate::roster::deliver_inbound(server, q).await;
         }
+    }
+}
+
+/// Keep (or drop) a contact's broadcast presence for PEP, and on its first available
+/// presence with new caps send it the user's last items it is interested in (XEP-0163
+/// §6.2), as a local contact's session gets them.
+async fn remember(server: &Arc<ServerState>, from: &Jid, user: &BareJid, st: &Stanza) {
+    let Ok(full) = from.try_as_full() else { return };
+    let contact = full.to_bare();
+    let resource = full.resource().as_str();
+    let max = server.config.limits.max_resources;
+    let presences = &server.federation.presences;
+    if st.type_.is_some() {
+        return presences.set(contact.as_str(), resource, None, max);
+    }
+    let Some(node) = user.node() else { return };
+    let owner = (user.domain().as_str(), node.as_str());
+    let sub = match crate::roster::contacts(server, owner).await {
+        Ok(list) => list.iter().find(|(c, _)| *c == contact).map(|(_, s)| *s),
+        Err(e) => return tracing::error!(error = %e, "roster load failed for remote presence"),
+    };
+    let Some(sub) = sub.filter(|s| matches!(s, Subscription::To | Subscription::Both)) else {
+        return; // not a contact whose presence the user asked for
+    };
+    let known = presences.resources(contact.as_str());
+    let same_caps = known.iter().any(|(r, p)| {
+        r == resource
+            && crate::caps::of_stanza(p).map(|c| c.ver) == crate::caps::of_stanza(st).map(|c| c.ver)
+    });
+    presences.set(contact.as_str(), resource, Some(st.clone()), max);
+    if same_caps || sub != Subscription::Both {
+        return; // nothing new to learn, or the contact may not see the user's items
+    }
+    if let Some(caps) = crate::caps::of_stanza(st) {
+        let (server, full, user) = (server.clone(), full.clone(), user.clone());
+        tokio::spawn(async move {
+            if let Some(f) = crate::caps::resolve(&server, &full, &caps).await {
+                crate::pep::notify::last_items_to_contact(&server, &user, &full, &f).await;
+            }
+        });
     }
 }
 
@@ -267,7 +310,11 @@ async fn iq(server: &Arc<ServerState>, from: &Jid, to: &Jid, st: &Stanza) {
         return;
     }
     if !is_request {
-        return; // answers to the server or an account: nothing here asks other domains yet
+        // Answers to the server's own queries (XEP-0115 caps of remote contacts).
+        if let Ok(full) = from.try_as_full() {
+            server.iq_out.answer(st, full);
+        }
+        return;
     }
     let Ok(el) = st.element() else {
         return reply_error(server, from, to, st, Condition::BadRequest);

@@ -67,6 +67,13 @@ pub fn presence(server: &ServerState, from: &Jid, to: &Jid, bytes: Bytes) {
     }
 }
 
+/// A headline or other stanza nobody answers (PEP events): sent best-effort, never bounced.
+pub fn notification(server: &ServerState, from: &Jid, to: &Jid, bytes: Bytes) {
+    if let Err(e) = server.send_remote(from, to, bytes) {
+        tracing::debug!(%from, %to, error = %e, "notification to a remote domain not sent");
+    }
+}
+
 /// RFC 6121 §4.3.1: a presence probe from `from`'s bare JID to a contact of another domain.
 pub fn probe(server: &ServerState, from: &jid::BareJid, to: &jid::BareJid) {
     let bytes = format!(
