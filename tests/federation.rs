@@ -634,3 +634,73 @@ async fn pep_events_reach_remote_contacts() {
     assert!(from_is(&m, "bob@b.test"), "{m:?}");
     assert_eq!(m.attr("to"), Some(alice_jid.to_string().as_str()));
 }
+
+#[tokio::test]
+async fn remote_messages_are_archived_copied_and_blockable() {
+    let (a, b) = two_servers().await;
+    let (mut laptop, laptop_jid) = online(&a, "alice@a.test/laptop").await;
+    let (mut phone, phone_jid) = online(&a, "alice@a.test/phone").await;
+    let (mut bob, _) = online(&b, "bob@b.test/phone").await;
+    available(&mut laptop, &laptop_jid).await;
+    available(&mut phone, &phone_jid).await;
+    send(
+        &mut phone,
+        "<iq xmlns='jabber:client' type='set' id='c1'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+    )
+    .await;
+    let r = wait(&mut phone, "carbons on", |e| e.attr("id") == Some("c1")).await;
+    assert_eq!(r.attr("type"), Some("result"));
+
+    // To the laptop's full JID: delivered there, stamped by alice's archive; the phone
+    // gets a 'received' carbon (XEP-0280 §5.1).
+    send(
+        &mut bob,
+        &format!("<message xmlns='jabber:client' type='chat' to='{laptop_jid}' id='x1'><body>archived?</body></message>"),
+    )
+    .await;
+    let m = wait(&mut laptop, "message", |e| {
+        body(e).as_deref() == Some("archived?")
+    })
+    .await;
+    let sid = m
+        .get_child("stanza-id", "urn:xmpp:sid:0")
+        .expect("stanza-id from alice's archive");
+    assert_eq!(sid.attr("by"), Some("alice@a.test"));
+    let c = wait(&mut phone, "carbon", |e| {
+        e.get_child("received", "urn:xmpp:carbons:2").is_some()
+    })
+    .await;
+    assert!(String::from(&c).contains("archived?"));
+
+    // MAM: alice's archive has it, from bob's full JID.
+    send(
+        &mut laptop,
+        "<iq xmlns='jabber:client' type='set' id='q1'><query xmlns='urn:xmpp:mam:2' queryid='f'/></iq>",
+    )
+    .await;
+    let res = wait(&mut laptop, "archived copy", |e| {
+        e.get_child("result", "urn:xmpp:mam:2").is_some()
+    })
+    .await;
+    let text = String::from(&res);
+    assert!(
+        text.contains("archived?") && text.contains("bob@b.test/phone"),
+        "{text}"
+    );
+    wait(&mut laptop, "fin", |e| e.attr("id") == Some("q1")).await;
+
+    // Alice blocks bob@b.test: his next message bounces (XEP-0191 §3.3).
+    send(
+        &mut laptop,
+        "<iq xmlns='jabber:client' type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='bob@b.test'/></block></iq>",
+    )
+    .await;
+    wait(&mut laptop, "blocked", |e| e.attr("id") == Some("b1")).await;
+    send(
+        &mut bob,
+        "<message xmlns='jabber:client' type='chat' to='alice@a.test' id='x2'><body>blocked?</body></message>",
+    )
+    .await;
+    let e = wait(&mut bob, "refusal", |e| e.attr("id") == Some("x2")).await;
+    assert_eq!(error_condition(&e).as_deref(), Some("service-unavailable"));
+}

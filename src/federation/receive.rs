@@ -157,12 +157,22 @@ async fn presence(server: &Arc<ServerState>, from: &Jid, to: &Jid, st: &Stanza) 
         return; // to the server's domain: nothing to do
     }
     let bare = to.to_bare();
+    let t = st.type_.as_deref();
+    let broadcast = matches!(t, None | Some("unavailable") | Some("error"));
+    // Presence for a user with no session goes nowhere: no blocklist (database) read for
+    // it, only the contact's departure is noted.
+    if broadcast && !server.router.is_online(bare.as_str()) {
+        if t == Some("unavailable") && to.resource().is_none() {
+            remember(server, from, &bare, st).await;
+        }
+        return;
+    }
     if blocked(server, &bare, from).await {
         return; // XEP-0191 §3.3: presence from a blocked JID is dropped silently
     }
-    match st.type_.as_deref() {
+    match t {
         None | Some("unavailable") | Some("error") => {
-            if to.resource().is_none() && st.type_.as_deref() != Some("error") {
+            if to.resource().is_none() && t != Some("error") {
                 remember(server, from, &bare, st).await;
             }
             let bytes = st.rewrite(Some(from.as_str()), Some(to.as_str()));
