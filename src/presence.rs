@@ -65,8 +65,9 @@ pub async fn outbound(
     }
 }
 
-/// Deliver presence to a local address (bare: all available resources; full: that one), or
-/// hand it to the hosted service (a MUC room) that owns the address.
+/// Deliver presence to a local address (bare: all available resources; full: that one),
+/// hand it to the hosted service (a MUC room) that owns the address, or send it to the
+/// address's domain when that is another server's.
 async fn route(ctx: &Ctx<'_>, to: &Jid, st: &Stanza, bytes: Bytes) {
     if crate::services::dispatch(ctx.server, ctx.jid, to, st).await {
         return;

@@ -30,8 +30,23 @@ pub fn bounce_error(e: RemoteError) -> StanzaError {
     })
 }
 
+/// Without federation every other domain is unreachable: bounce at once, before anything
+/// (the sender's archive) would record a stanza that never left.
+fn unreachable(ctx: &Ctx<'_>, st: &Stanza, out: &mut BytesMut) -> bool {
+    if ctx.server.federation.remote().is_some() {
+        return false;
+    }
+    if st.name != "iq" || matches!(st.type_.as_deref(), Some("get" | "set")) {
+        bounce(out, st, ctx.jid, bounce_error(RemoteError::NotFound));
+    }
+    true
+}
+
 /// A message from a local session to another domain (RFC 6121 §5, sender's server side).
 pub async fn message(ctx: &Ctx<'_>, st: &Stanza, kind: &str, to: &Jid, out: &mut BytesMut) {
+    if unreachable(ctx, st, out) {
+        return;
+    }
     if crate::blocking::intercept(ctx, st, to, out).await {
         return; // XEP-0191: refused or dropped, the error (if any) is in `out`
     }
@@ -48,6 +63,9 @@ pub async fn message(ctx: &Ctx<'_>, st: &Stanza, kind: &str, to: &Jid, out: &mut
 /// An IQ from a local session to another domain: requests and answers alike go out as they
 /// are (RFC 6120 §8.2.3); only a request that cannot be queued is answered here.
 pub async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: &Jid, out: &mut BytesMut) {
+    if unreachable(ctx, st, out) {
+        return;
+    }
     if crate::blocking::intercept(ctx, st, to, out).await {
         return;
     }
