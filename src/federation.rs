@@ -24,6 +24,11 @@ use std::sync::{Arc, OnceLock};
 use crate::server::ServerState;
 use crate::xml::Stanza;
 
+pub mod presences;
+mod receive;
+pub mod send;
+pub use send::session_handle;
+
 /// Why a stanza could not even be queued for a remote domain. The caller bounces it with
 /// the matching condition (requests and messages; never errors, RFC 6120 §8.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -47,10 +52,15 @@ pub trait Remote: Send + Sync {
     fn send(&self, from: &Jid, to: &Jid, stanza: Bytes) -> Result<(), RemoteError>;
 }
 
-/// The installed [`Remote`], if federation is enabled (set once, at startup).
+/// The installed [`Remote`], if federation is enabled (set once, at startup), and what
+/// this server knows of other domains' users.
 #[derive(Default)]
 pub struct Federation {
     remote: OnceLock<Arc<dyn Remote>>,
+    /// The last available presence of each resource of another domain's contacts, as
+    /// broadcast to a local user: who gets PEP notifications (XEP-0163 §4.3 decides on the
+    /// XEP-0115 caps in it), as the router's registry serves for local contacts.
+    pub presences: presences::RemotePresences,
 }
 
 impl Federation {
@@ -89,6 +99,5 @@ impl ServerState {
 /// attributes equal to `from`/`to`. Called in the stream's reader task, in the order the
 /// stanzas arrived; long work (storage) is awaited here.
 pub async fn inbound(server: &Arc<ServerState>, from: &Jid, to: &Jid, stanza: &Stanza) {
-    // Filled in by the cross-domain routing work (issue 6).
-    let _ = (server, from, to, stanza);
+    receive::inbound(server, from, to, stanza).await
 }

@@ -92,8 +92,9 @@ impl PendingIqs {
     }
 }
 
-/// Send `payload` in an IQ get from the server's domain to a local full JID and wait for the
-/// answer (the whole `<iq/>` element of the result).
+/// Send `payload` in an IQ get from the server's domain to a full JID (a local session, or
+/// another domain's, through federation) and wait for the answer (the whole `<iq/>`
+/// element of the result).
 pub async fn query(
     server: &ServerState,
     to: &FullJid,
@@ -119,19 +120,33 @@ pub async fn query(
         pending,
         id: id.clone(),
     };
+    // Another domain's JID (a remote contact's client) is asked from our primary domain.
+    let local = server.serves(to.domain().as_str());
+    let from = match local {
+        true => to.domain().as_str(),
+        false => server
+            .domains
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default(),
+    };
     let iq = Element::builder("iq", NS_CLIENT)
         .at("type", "get")
         .at("id", id.as_str())
-        .at("from", to.domain().as_str())
+        .at("from", from)
         .at("to", to.as_str())
         .append(payload)
         .build();
-    let bare = to.to_bare();
-    if !server.router.send_full(
-        bare.as_str(),
-        to.resource().as_str(),
-        Deliver::Bytes(xml::to_bytes(&iq)),
-    ) {
+    let bytes = xml::to_bytes(&iq);
+    let sent = if local {
+        let bare = to.to_bare();
+        server
+            .router
+            .send_full(bare.as_str(), to.resource().as_str(), Deliver::Bytes(bytes))
+    } else {
+        jid::Jid::new(from).is_ok_and(|f| server.send_remote(&f, to, bytes).is_ok())
+    };
+    if !sent {
         return Err(IqOutError::Undeliverable);
     }
     let wait = Duration::from_secs(server.config.pep.query_timeout_secs.max(1));

@@ -112,21 +112,37 @@ pub async fn broadcast(server: &ServerState, owner: &BareJid, node: &PepNode, ch
         return;
     };
     let mut targets: Vec<BareJid> = vec![owner.clone()];
+    let mut remote: Vec<BareJid> = Vec::new();
     if node.config.access_model != AccessModel::Whitelist {
         match crate::roster::contacts(server, user).await {
-            Ok(list) => targets.extend(
-                list.iter()
-                    .filter(|(c, s)| {
-                        matches!(s, Subscription::From | Subscription::Both)
-                            && server.serves(c.domain().as_str())
-                    })
-                    .map(|(c, _)| c.clone()),
-            ),
+            Ok(list) => {
+                for (c, s) in list.iter() {
+                    if matches!(s, Subscription::From | Subscription::Both) {
+                        match server.serves(c.domain().as_str()) {
+                            true => targets.push(c.clone()),
+                            false => remote.push(c.clone()),
+                        }
+                    }
+                }
+            }
             Err(e) => tracing::error!(error = %e, "roster load failed for PEP notification"),
         }
     }
     let body = event_body(&child);
     let notify = format!("{}+notify", node.name);
+    // Other domains' contacts: their resources as their presence told us (federation).
+    for bare in remote {
+        for (resource, p) in server.federation.presences.resources(bare.as_str()) {
+            let features = caps::features(server, bare.as_str(), &resource, &p);
+            if let (true, Ok(to)) = (
+                interested(features.as_ref(), &notify),
+                bare.with_resource_str(&resource),
+            ) {
+                let msg = event_message(owner.as_str(), to.as_str(), &body);
+                crate::federation::send::notification(server, owner, &to, msg);
+            }
+        }
+    }
     let mut sent: HashSet<String> = HashSet::new();
     for bare in targets {
         for r in server.router.resources(bare.as_str()) {
@@ -331,39 +347,57 @@ async fn send_last(
             .at("node", node.name.as_str())
             .append(el)
             .build();
-        let bare = to.to_bare();
-        server.router.send_full(
-            bare.as_str(),
-            to.resource().as_str(),
-            Deliver::Bytes(delayed_event_message(
-                owner.as_str(),
-                to.as_str(),
-                &child,
-                item.stamp_ms,
-            )),
-        );
+        let bytes = delayed_event_message(owner.as_str(), to.as_str(), &child, item.stamp_ms);
+        if server.serves(to.domain().as_str()) {
+            let bare = to.to_bare();
+            let r = to.resource().as_str();
+            server
+                .router
+                .send_full(bare.as_str(), r, Deliver::Bytes(bytes));
+        } else {
+            crate::federation::send::notification(server, owner, to, bytes);
+        }
+    }
+}
+
+/// XEP-0163 §6.2 for a contact of another domain that became available (its presence came
+/// through federation): the last items of `owner`'s nodes its caps ask for.
+pub async fn last_items_to_contact(
+    server: &ServerState,
+    owner: &BareJid,
+    to: &FullJid,
+    f: &Features,
+) {
+    let wanted = interests(f);
+    if !wanted.is_empty() {
+        send_last(server, owner, to, &wanted, false, true).await;
     }
 }
 
 /// `owner` approved `contact`'s presence subscription: the contact's available, interested
 /// resources get the last items now (XEP-0163 §6.1, "on_sub").
 pub fn subscription_approved(server: &Arc<ServerState>, owner: &BareJid, contact: &BareJid) {
-    if !server.serves(contact.domain().as_str()) {
-        return;
-    }
     let server = server.clone();
     let (owner, contact) = (owner.clone(), contact.clone());
     super::spawn(async move {
-        for r in server.router.resources(contact.as_str()) {
-            let Some(p) = &r.presence else { continue };
-            let Some(f) = caps::features(&server, contact.as_str(), &r.resource, p) else {
+        // A local contact's sessions, or what federation saw of a remote contact's.
+        let resources: Vec<(String, Stanza)> = if server.serves(contact.domain().as_str()) {
+            let local = server.router.resources(contact.as_str()).into_iter();
+            local
+                .filter_map(|r| Some((r.resource, r.presence?)))
+                .collect()
+        } else {
+            server.federation.presences.resources(contact.as_str())
+        };
+        for (resource, p) in resources {
+            let Some(f) = caps::features(&server, contact.as_str(), &resource, &p) else {
                 continue;
             };
             let wanted = interests(&f);
             if wanted.is_empty() {
                 continue;
             }
-            if let Ok(full) = contact.with_resource_str(&r.resource) {
+            if let Ok(full) = contact.with_resource_str(&resource) {
                 send_last(&server, &owner, &full, &wanted, false, false).await;
             }
         }
