@@ -18,12 +18,13 @@
 
 use crate::stanza::ElementExt;
 use bytes::{BufMut, Bytes, BytesMut};
-use jid::BareJid;
+use jid::{BareJid, Jid};
 use minidom::Element;
 
 use crate::c2s::session::Ctx;
 use crate::modules::{IqFuture, IqRequest, Module, Scope};
 use crate::router::{opt_in, Deliver, OptedIn};
+use crate::server::ServerState;
 use crate::stanza::{Condition, StanzaError};
 use crate::xml::{self, Stanza, NS_CLIENT};
 
@@ -103,11 +104,36 @@ pub enum Delivered<'a> {
 /// Send the carbon copies of a message a local session just routed to a local account
 /// (`to`, delivered as `how`). `kind` is the RFC 6121 message type after defaulting.
 pub fn copy(ctx: &Ctx<'_>, st: &Stanza, kind: &str, to: &BareJid, how: Delivered<'_>) {
+    let from = Sender {
+        jid: ctx.jid,
+        bare: ctx.bare,
+        session: ctx.handle.id,
+    };
+    copy_from(ctx.server, &from, st, kind, to, how)
+}
+
+/// Who sent a message being copied: a local session, or another domain's JID (then
+/// `session` is 0, which no session has, and only 'received' copies can result).
+pub struct Sender<'a> {
+    pub jid: &'a Jid,
+    pub bare: &'a BareJid,
+    pub session: u64,
+}
+
+/// [`copy`] for any sender (`federation::inbound` delivers remote messages with it).
+pub fn copy_from(
+    server: &ServerState,
+    ctx: &Sender<'_>,
+    st: &Stanza,
+    kind: &str,
+    to: &BareJid,
+    how: Delivered<'_>,
+) {
     if !matches!(kind, "chat" | "normal") {
         return; // errors, groupchat and headlines are never copied (§6.1)
     }
-    let router = &ctx.server.router;
-    let own_id = ctx.handle.id;
+    let router = &server.router;
+    let own_id = ctx.session;
     let mut sent: Vec<OptedIn> = Vec::new();
     if to != ctx.bare {
         sent = router.opted_in(ctx.bare.as_str(), opt_in::CARBONS);

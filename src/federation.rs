@@ -24,6 +24,10 @@ use std::sync::{Arc, OnceLock};
 use crate::server::ServerState;
 use crate::xml::Stanza;
 
+mod receive;
+pub mod send;
+pub use send::session_handle;
+
 /// Why a stanza could not even be queued for a remote domain. The caller bounces it with
 /// the matching condition (requests and messages; never errors, RFC 6120 §8.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +93,5 @@ impl ServerState {
 /// attributes equal to `from`/`to`. Called in the stream's reader task, in the order the
 /// stanzas arrived; long work (storage) is awaited here.
 pub async fn inbound(server: &Arc<ServerState>, from: &Jid, to: &Jid, stanza: &Stanza) {
-    // Filled in by the cross-domain routing work (issue 6).
-    let _ = (server, from, to, stanza);
+    receive::inbound(server, from, to, stanza).await
 }

@@ -19,15 +19,11 @@ pub async fn outbound(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut Byt
         .unwrap_or("normal");
     let target = to.unwrap_or_else(|| Jid::from(ctx.bare.clone()));
     if !ctx.server.serves(target.domain().as_str()) {
-        if kind != "error" {
-            bounce(
-                out,
-                st,
-                ctx.jid,
-                StanzaError::new(Condition::RemoteServerNotFound),
-            );
-        }
-        return;
+        // Another domain (hosted services took theirs before this point).
+        return Box::pin(crate::federation::send::message(
+            ctx, st, kind, &target, out,
+        ))
+        .await;
     }
     if target.node().is_none() {
         return; // addressed to the server itself: nothing here consumes messages yet

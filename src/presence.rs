@@ -71,8 +71,12 @@ async fn route(ctx: &Ctx<'_>, to: &Jid, st: &Stanza, bytes: Bytes) {
     if crate::services::dispatch(ctx.server, ctx.jid, to, st).await {
         return;
     }
-    if !ctx.server.serves(to.domain().as_str()) || to.node().is_none() {
-        return; // remote: no server-to-server yet; to a domain: nothing to do
+    if !ctx.server.serves(to.domain().as_str()) {
+        let bytes = st.rewrite(Some(ctx.jid.as_str()), Some(to.as_str()));
+        return crate::federation::send::presence(ctx.server, ctx.jid, to, bytes);
+    }
+    if to.node().is_none() {
+        return; // to a domain: nothing to do
     }
     let bare = to.to_bare();
     match to.resource() {
@@ -178,12 +182,13 @@ async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut
     }
     let roster = contacts(ctx).await;
     for (contact, sub) in roster.iter() {
-        if has_from(*sub)
-            && ctx.server.serves(contact.domain().as_str())
-            && !crate::blocking::presence_blocked(ctx, contact).await
-        {
+        if has_from(*sub) && !crate::blocking::presence_blocked(ctx, contact).await {
             let bytes = st.rewrite(Some(ctx.jid.as_str()), Some(contact.as_str()));
-            router.send_available(contact.as_str(), &Deliver::Bytes(bytes));
+            if ctx.server.serves(contact.domain().as_str()) {
+                router.send_available(contact.as_str(), &Deliver::Bytes(bytes));
+            } else {
+                crate::federation::send::presence(ctx.server, ctx.jid, contact, bytes);
+            }
         }
     }
     if !available {
@@ -209,6 +214,11 @@ async fn broadcast(ctx: &Ctx<'_>, ps: &mut PresenceState, st: &Stanza, out: &mut
         // §4.2.3 probes, answered locally from the registry: contacts' current presence.
         for (contact, sub) in roster.iter() {
             if !has_to(*sub) || crate::blocking::presence_blocked(ctx, contact).await {
+                continue;
+            }
+            if !ctx.server.serves(contact.domain().as_str()) {
+                // The contact's server answers with its presence (§4.3.2).
+                crate::federation::send::probe(ctx.server, ctx.bare, contact);
                 continue;
             }
             for r in router.resources(contact.as_str()) {

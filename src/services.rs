@@ -129,9 +129,13 @@ pub async fn dispatch(
 
 impl ServerState {
     /// Deliver bytes to an address this server can reach: a local full JID (that session),
-    /// a local bare JID (its available resources, as presence is). Returns false when it
-    /// reached nobody. Remote domains (server-to-server) are not reachable yet.
+    /// a local bare JID (its available resources, as presence is), another domain's JID
+    /// (queued for it, sent from the stanza's own 'from'). Returns false when it reached
+    /// nobody.
     pub fn route(&self, to: &Jid, bytes: Bytes) -> bool {
+        if !self.is_local_domain(to.domain().as_str()) {
+            return crate::federation::send::route(self, to, bytes);
+        }
         if !self.serves(to.domain().as_str()) || to.node().is_none() {
             return false;
         }

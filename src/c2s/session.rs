@@ -328,15 +328,7 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
     let target = to.unwrap_or_else(|| Jid::from(ctx.bare.clone()));
     let domain = target.domain().as_str();
     if !ctx.server.serves(domain) {
-        // No server-to-server yet: every remote domain is unreachable.
-        if is_request {
-            bounce(
-                out,
-                st,
-                ctx.jid,
-                StanzaError::new(Condition::RemoteServerNotFound),
-            );
-        }
+        crate::federation::send::iq(ctx, st, &target, out).await;
         return Ok(());
     }
     if crate::blocking::intercept(ctx, st, &target, out).await {

@@ -18,6 +18,7 @@ use minidom::Element;
 
 use crate::c2s::session::Ctx;
 use crate::modules::{IqFuture, IqRequest, Module, Scope};
+use crate::server::ServerState;
 use crate::stanza::{BuilderExt, Condition, ElementExt, StanzaError};
 use crate::storage::{NewArchived, Storage, StorageError};
 use crate::xml::{self, Stanza};
@@ -73,7 +74,7 @@ impl Module for Mam {
 
 async fn handle(req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
     // XEP-0313 §8.1: a user archive is the user's only.
-    let (true, Some(from)) = (req.is_self(), req.from) else {
+    let (true, Some(Ok(from))) = (req.is_self(), req.from.map(Jid::try_as_full)) else {
         return Err(StanzaError::new(Condition::Forbidden));
     };
     let p = req.payload;
@@ -150,9 +151,44 @@ pub(crate) fn new_uid() -> String {
 }
 
 /// The message hook (see the module docs). `kind` is the RFC 6121 message type, `to` the
-/// local account addressed. Returns the stanza to route instead of `st` when it changed
+/// account addressed. Returns the stanza to route instead of `st` when it changed
 /// (stamped with a stanza-id or stripped of a spoofed one), None to route `st` as it is.
 pub async fn on_message(ctx: &Ctx<'_>, st: &Stanza, kind: &str, to: &Jid) -> Option<Stanza> {
+    let sender = Sender {
+        server: ctx.server,
+        jid: ctx.jid,
+        bare: ctx.bare,
+    };
+    on_message_from(&sender, st, kind, to).await
+}
+
+/// [`on_message`] for a message from another domain (`federation::inbound`): only the local
+/// recipient's archive gets a row.
+pub async fn on_remote_message(
+    server: &ServerState,
+    from: &Jid,
+    st: &Stanza,
+    kind: &str,
+    to: &Jid,
+) -> Option<Stanza> {
+    let bare = from.to_bare();
+    let sender = Sender {
+        server,
+        jid: from,
+        bare: &bare,
+    };
+    on_message_from(&sender, st, kind, to).await
+}
+
+/// Who sent a message being archived: a local session or another domain's JID. Only the
+/// parties this server serves get archive rows.
+struct Sender<'a> {
+    server: &'a ServerState,
+    jid: &'a Jid,
+    bare: &'a BareJid,
+}
+
+async fn on_message_from(ctx: &Sender<'_>, st: &Stanza, kind: &str, to: &Jid) -> Option<Stanza> {
     let archivable = matches!(kind, "chat" | "normal");
     let has_sid = memchr::memmem::find(st.raw(), NS_SID.as_bytes()).is_some();
     if !archivable && !has_sid {
@@ -170,7 +206,7 @@ pub async fn on_message(ctx: &Ctx<'_>, st: &Stanza, kind: &str, to: &Jid) -> Opt
 /// text is the received bytes with their start tag rewritten, and the stamp is spliced in
 /// before the end tag, instead of serializing a tree twice and parsing the result again.
 /// The tree is only read, to decide whether the message is archived at all.
-async fn archive_bytes(ctx: &Ctx<'_>, st: &Stanza, to: &Jid) -> Option<Stanza> {
+async fn archive_bytes(ctx: &Sender<'_>, st: &Stanza, to: &Jid) -> Option<Stanza> {
     let el = st.element().ok()?;
     if !worth_archiving(&el) {
         return None;
@@ -191,7 +227,7 @@ async fn archive_bytes(ctx: &Ctx<'_>, st: &Stanza, to: &Jid) -> Option<Stanza> {
 
 /// Messages carrying a `<stanza-id/>`: spoofed ones are removed from the tree, which is then
 /// serialized (rare: only clients that forward or replay stanzas send these).
-async fn archive_tree(ctx: &Ctx<'_>, st: &Stanza, archivable: bool, to: &Jid) -> Option<Stanza> {
+async fn archive_tree(ctx: &Sender<'_>, st: &Stanza, archivable: bool, to: &Jid) -> Option<Stanza> {
     let mut el = st.element().ok()?;
     let stripped = strip_spoofed(&mut el, &to.to_bare());
     if !(archivable && worth_archiving(&el)) {
@@ -217,7 +253,7 @@ async fn archive_tree(ctx: &Ctx<'_>, st: &Stanza, archivable: bool, to: &Jid) ->
 /// Queue the archive rows of a message worth archiving (`el`, its archive `text`) for the
 /// sender and the recipient as their preferences say. Returns the UID of the recipient's
 /// row (its `<stanza-id/>`) when the recipient archives it.
-async fn queue_rows(ctx: &Ctx<'_>, to: &Jid, el: &Element, text: String) -> Option<String> {
+async fn queue_rows(ctx: &Sender<'_>, to: &Jid, el: &Element, text: String) -> Option<String> {
     let server = ctx.server;
     let recipient = to.to_bare();
     let stamp_ms = crate::stanza::now_ms();
@@ -226,7 +262,7 @@ async fn queue_rows(ctx: &Ctx<'_>, to: &Jid, el: &Element, text: String) -> Opti
         .and_then(|o| o.attr("id"))
         .map(str::to_string);
     let to_res = to.resource().map(|r| r.as_str()).unwrap_or_default();
-    let from_res = ctx.jid.resource().as_str();
+    let from_res = ctx.jid.resource().map(|r| r.as_str()).unwrap_or_default();
     let user = |j: &BareJid| {
         (
             j.domain().to_string(),
@@ -245,12 +281,14 @@ async fn queue_rows(ctx: &Ctx<'_>, to: &Jid, el: &Element, text: String) -> Opti
     };
     let mut rows = Vec::with_capacity(2);
     let to_self = recipient == *ctx.bare;
-    if !to_self && prefs::wants(server, ctx.bare, &recipient, to_res).await {
+    // Across domains, each server archives for its own users (XEP-0313 §5).
+    let local = |j: &BareJid| j.node().is_some() && server.serves(j.domain().as_str());
+    if !to_self && local(ctx.bare) && prefs::wants(server, ctx.bare, &recipient, to_res).await {
         rows.push(row(ctx.bare, &recipient, to_res, true));
     }
     // A message to oneself is stored once, as the recipient's copy.
     let mut uid = None;
-    if prefs::wants(server, &recipient, ctx.bare, from_res).await {
+    if local(&recipient) && prefs::wants(server, &recipient, ctx.bare, from_res).await {
         let r = row(&recipient, ctx.bare, from_res, to_self);
         uid = Some(r.stanza_id.clone());
         rows.push(r);

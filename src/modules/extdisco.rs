@@ -43,7 +43,7 @@ fn answer(req: &IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
     if cfg.services.is_empty() {
         return Err(StanzaError::new(Condition::ServiceUnavailable));
     }
-    let Some(from) = req.from else {
+    let (Some(from), true) = (req.from, req.is_local_sender()) else {
         return Err(StanzaError::new(Condition::Forbidden));
     };
     if req.set {

@@ -2,7 +2,7 @@
 //! namespaces it serves (per addressing scope) and the disco features it contributes; the
 //! core dispatches by namespace and knows no XEP by name (Prosody's `module:hook` shape).
 
-use jid::{BareJid, FullJid};
+use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,8 +41,10 @@ pub type ItemsFuture<'a> =
 /// One IQ get/set for a handler.
 pub struct IqRequest<'a> {
     pub server: &'a Arc<ServerState>,
-    /// The authenticated sender; None before authentication (XEP-0077 registration).
-    pub from: Option<&'a FullJid>,
+    /// The authenticated sender; None before authentication (XEP-0077 registration). A
+    /// local session's full JID, or any JID of another domain (`federation::inbound`:
+    /// remote servers query from their bare domain too).
+    pub from: Option<&'a Jid>,
     /// The addressed domain or account.
     pub to: &'a BareJid,
     pub scope: Scope,
@@ -61,6 +63,13 @@ impl IqRequest<'_> {
     /// True when an account addresses itself (its own bare JID or no `to`).
     pub fn is_self(&self) -> bool {
         self.from.map(|f| f.to_bare() == *self.to).unwrap_or(false)
+    }
+
+    /// True when the sender is an account of this server (not another domain's user or
+    /// server): what account management and credentials are limited to.
+    pub fn is_local_sender(&self) -> bool {
+        self.from
+            .is_some_and(|f| f.node().is_some() && self.server.serves(f.domain().as_str()))
     }
 }
 

@@ -39,6 +39,8 @@ impl Module for Register {
         Box::pin(async move {
             match req.from {
                 None => unauthenticated(&req).await,
+                // Another domain's users have no account here to manage.
+                Some(_) if !req.is_local_sender() => Err(StanzaError::new(Condition::NotAllowed)),
                 Some(from) => {
                     let user = from
                         .node()

@@ -368,11 +368,8 @@ fn join(
     limit: usize,
 ) -> Result<bool, StanzaError> {
     let real = ctx.from.to_bare();
-    let handle = ctx
-        .server
-        .router
-        .resource(real.as_str(), ctx.from.resource().as_str())
-        .map(|r| r.handle)
+    // A local session, or a stand-in forwarding to an occupant of another domain.
+    let handle = crate::federation::session_handle(ctx.server, ctx.from)
         .ok_or_else(|| StanzaError::new(Condition::ServiceUnavailable))?;
     let x = el.get_child("x", NS_MUC);
     let mut room = lock(room_ref);

@@ -65,7 +65,7 @@ pub fn on_offline_message(server: &Arc<ServerState>, to: &BareJid, message: &Ele
 /// hibernating sessions). One read lock when nobody sleeps; the stanza is parsed only then.
 pub fn on_live_message(
     server: &Arc<ServerState>,
-    from: &jid::FullJid,
+    from: &jid::Jid,
     to: &BareJid,
     message: &crate::xml::Stanza,
 ) {

@@ -464,7 +464,11 @@ async fn inbound_one(
     queue: &mut VecDeque<SubStanza>,
 ) -> Result<(), StorageError> {
     if !server.serves(s.to.domain().as_str()) {
-        return Ok(()); // remote: no server-to-server yet
+        if !server.is_local_domain(s.to.domain().as_str()) {
+            // Another domain's contact: its server applies the contact-side rules.
+            crate::federation::send::presence(server, &s.from, &s.to, s.bytes);
+        }
+        return Ok(());
     }
     let Some(user) = user_of(&s.to) else {
         return Ok(());
@@ -516,23 +520,42 @@ async fn inbound_one(
 
 /// Send `me`'s current presence (every available resource) to `contact`'s resources.
 pub fn presence_to(server: &ServerState, me: &BareJid, contact: &BareJid) {
-    if !server.serves(contact.domain().as_str()) {
+    let remote = !server.serves(contact.domain().as_str());
+    if remote && server.is_local_domain(contact.domain().as_str()) {
         return;
     }
     for r in server.router.resources(me.as_str()) {
         if let Some(p) = &r.presence {
             let from = format!("{}/{}", me.as_str(), r.resource);
             let bytes = p.rewrite(Some(&from), Some(contact.as_str()));
-            server
-                .router
-                .send_available(contact.as_str(), &Deliver::Bytes(bytes));
+            send_presence(server, me, &r.resource, contact, bytes, remote);
         }
+    }
+}
+
+/// Presence from one of `me`'s resources to `contact`'s available resources, or to its
+/// domain when it is another server's.
+fn send_presence(
+    server: &ServerState,
+    me: &BareJid,
+    resource: &str,
+    contact: &BareJid,
+    bytes: Bytes,
+    remote: bool,
+) {
+    if !remote {
+        server
+            .router
+            .send_available(contact.as_str(), &Deliver::Bytes(bytes));
+    } else if let Ok(from) = me.with_resource_str(resource) {
+        crate::federation::send::presence(server, &from, contact, bytes);
     }
 }
 
 /// Send unavailable presence from each of `me`'s available resources to `contact`.
 pub fn unavailable_to(server: &ServerState, me: &BareJid, contact: &BareJid) {
-    if !server.serves(contact.domain().as_str()) {
+    let remote = !server.serves(contact.domain().as_str());
+    if remote && server.is_local_domain(contact.domain().as_str()) {
         return;
     }
     for r in server.router.resources(me.as_str()) {
@@ -543,9 +566,7 @@ pub fn unavailable_to(server: &ServerState, me: &BareJid, contact: &BareJid) {
                 xml::escape(&r.resource),
                 xml::escape(contact.as_str())
             );
-            server
-                .router
-                .send_available(contact.as_str(), &Deliver::Bytes(Bytes::from(bytes)));
+            send_presence(server, me, &r.resource, contact, Bytes::from(bytes), remote);
         }
     }
 }
