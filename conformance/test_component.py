@@ -137,6 +137,44 @@ def test_iq_to_component_gets_its_answer(cserver):
     run(scenario())
 
 
+def test_component_queries_the_server(cserver):
+    """The server answers the component's IQ as it answers another server's (its reply
+    comes back over the component's stream)."""
+    async def scenario():
+        comp = await online_component(cserver, "iq.localhost")
+        try:
+            info = await comp["xep_0030"].get_info(jid="localhost", ifrom="bot@iq.localhost",
+                                                  local=False, timeout=TIMEOUT)
+            assert info["type"] == "result", info
+            assert str(info["to"]) == "bot@iq.localhost"
+            assert "urn:xmpp:ping" in info["disco_info"]["features"]
+        finally:
+            await close(comp)
+    run(scenario())
+
+
+def test_component_message_to_offline_user_is_stored(cserver, accounts):
+    """RFC 6121 recipient rules apply to a component's messages: offline storage."""
+    (carol,) = accounts(cserver, "carol")
+
+    async def scenario():
+        comp = await online_component(cserver, "sender.localhost")
+        try:
+            comp.send_message(mto=f"{carol}@localhost", mbody="while you were away",
+                              mfrom="news@sender.localhost", mtype="chat")
+            # The component's stream is processed in order: once the server has answered
+            # this IQ, the message before it has been handled.
+            await comp["xep_0030"].get_info(jid="localhost", ifrom="sender.localhost",
+                                            local=False, timeout=TIMEOUT)
+        finally:
+            await close(comp)
+        async with online(cserver, carol, PASSWORD) as s:
+            s.send_presence()
+            msg = await s.next_message(lambda m: m["body"] == "while you were away")
+            assert str(msg["from"]) == "news@sender.localhost"
+    run(scenario())
+
+
 def test_bad_secret_is_not_authorized(cserver):
     async def scenario():
         comp = await connect(cserver, "echo.localhost", secret="wrong")

@@ -10,6 +10,11 @@
 //! service-unavailable (as Prosody's mod_component does). The connection task (`stream`)
 //! is the only writer to the socket; the service hands it stanzas through a bounded queue.
 //!
+//! The component's own stanzas are another domain's to the core: local addressees get
+//! them through [`crate::federation::inbound`], other domains through `send_remote`, and
+//! whatever the core sends back to the component's domain (IQ answers, errors, presence)
+//! reaches the queue through [`Service::relay`], as it would reach a remote server.
+//!
 //! [`ServerState::is_local_domain`]: crate::server::ServerState::is_local_domain
 
 use bytes::Bytes;
@@ -101,6 +106,12 @@ impl Service for Component {
 
     fn name(&self) -> &str {
         &self.domain
+    }
+
+    /// Answers, errors and presence the core addresses to the component's domain as to
+    /// another server's (`send_remote`, `route`): queued like any stanza for it.
+    fn relay(&self, stanza: Bytes) -> Result<(), Condition> {
+        self.offer(stanza)
     }
 
     fn handle<'a>(&'a self, req: Inbound<'a>) -> ServiceFuture<'a> {

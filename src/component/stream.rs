@@ -235,9 +235,9 @@ async fn from_component(c: &mut Conn, component: &Component, st: &Stanza) -> Res
     };
     let server = c.state.clone();
     if server.is_local_domain(to.domain().as_str()) {
-        if let Err(e) = deliver_local(&server, &from, &to, &client).await {
-            reply_error(c, st, &from, Some(&to), e);
-        }
+        // The RFC 6121 recipient-side rules, as for another server's stanza; its answers
+        // and errors come back through `send_remote`, which relays them to this component.
+        crate::federation::inbound(&server, &from, &to, &client).await;
         return Ok(());
     }
     if let Err(e) = server.send_remote(&from, &to, client.raw().clone()) {
@@ -248,30 +248,6 @@ async fn from_component(c: &mut Conn, component: &Component, st: &Stanza) -> Res
         reply_error(c, st, &from, Some(&to), StanzaError::new(condition));
     }
     Ok(())
-}
-
-/// Delivery to a local address.
-///
-/// Interim: `federation::inbound` (the RFC 6121 inbound rules for stanzas from other
-/// domains: offline storage, archiving, carbons, subscriptions, IQs the server answers) is
-/// still a stub on this branch, so messages and presence go straight to the addressee's
-/// sessions and IQs to a full JID's session. Everything else is refused with
-/// service-unavailable rather than dropped.
-async fn deliver_local(
-    server: &Arc<ServerState>,
-    _from: &Jid,
-    to: &Jid,
-    st: &Stanza,
-) -> Result<(), StanzaError> {
-    let delivered = match st.name.as_str() {
-        "iq" if to.resource().is_none() => false,
-        _ => server.route(to, st.raw().clone()),
-    };
-    if delivered || st.name == "presence" {
-        Ok(())
-    } else {
-        Err(StanzaError::new(Condition::ServiceUnavailable))
-    }
 }
 
 /// An error reply to the component's own stanza, written straight into its stream.
