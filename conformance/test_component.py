@@ -10,11 +10,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from slixmpp import ComponentXMPP
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from conftest import PASSWORD
 from rawxmpp import RawStream, StreamClosed
 from starling_server import free_ports
-from xmpp_client import TIMEOUT, error_condition, online, q, run
+from xmpp_client import TIMEOUT, error_condition, get_roster, online, q, run
 
 NS_ACCEPT = "jabber:component:accept"
 NS_INFO = "http://jabber.org/protocol/disco#info"
@@ -23,7 +25,7 @@ NS_STREAM = "http://etherx.jabber.org/streams"
 NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
 
 SECRETS = {f"{name}.localhost": f"secret-of-{name}"
-           for name in ("echo", "sender", "iq", "conflict", "raw", "absent")}
+           for name in ("echo", "sender", "iq", "conflict", "raw", "absent", "gw")}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,9 @@ class Echo(ComponentXMPP):
         self.add_event_handler("stream_error",
                                lambda e: self.stream_errors.append(e["condition"]))
         self.add_event_handler("message", self._on_message)
+        self.presences: asyncio.Queue = asyncio.Queue()
+        self.register_handler(Callback("test presence", MatchXPath(f"{{{NS_ACCEPT}}}presence"),
+                                       self.presences.put_nowait))
 
     def _on_message(self, msg):
         self.received.put_nowait(msg)
@@ -172,6 +177,44 @@ def test_component_message_to_offline_user_is_stored(cserver, accounts):
             s.send_presence()
             msg = await s.next_message(lambda m: m["body"] == "while you were away")
             assert str(msg["from"]) == "news@sender.localhost"
+    run(scenario())
+
+
+def test_gateway_contact_subscription(cserver, accounts):
+    """A gateway's contacts in a local roster (RFC 6121 §3): the subscription request
+    reaches the component, its approval updates the user's roster, and its presence
+    reaches the user."""
+    (dave,) = accounts(cserver, "dave")
+
+    async def next_presence(comp, pred):
+        while True:
+            p = await asyncio.wait_for(comp.presences.get(), TIMEOUT)
+            if pred(p):
+                return p
+
+    async def scenario():
+        comp = await online_component(cserver, "gw.localhost")
+        try:
+            async with online(cserver, dave, PASSWORD) as user:
+                await get_roster(user)   # roster pushes go to resources that requested it
+                user.send_presence()
+                user.send_presence(pto="contact@gw.localhost", ptype="subscribe")
+                sub = await next_presence(comp, lambda p: p["type"] == "subscribe")
+                assert str(sub["from"]) == f"{dave}@localhost", sub
+                assert str(sub["to"]) == "contact@gw.localhost"
+                comp.send_presence(pto=f"{dave}@localhost", pfrom="contact@gw.localhost",
+                                   ptype="subscribed")
+                push = await user.next_roster_push(
+                    lambda iq: any(i.get("jid") == "contact@gw.localhost"
+                                   and i.get("subscription") == "to"
+                                   for i in iq.xml.iter(q("jabber:iq:roster", "item"))))
+                assert push is not None
+                comp.send_presence(pto=f"{dave}@localhost", pfrom="contact@gw.localhost/gw",
+                                   pstatus="bridged")
+                p = await user.next_presence(lambda p: str(p["from"]) == "contact@gw.localhost/gw")
+                assert p["status"] == "bridged"
+        finally:
+            await close(comp)
     run(scenario())
 
 
