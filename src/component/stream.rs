@@ -81,7 +81,12 @@ pub(super) async fn serve(
 
 async fn run(c: &mut Conn, components: &Components) -> End {
     let limit = Duration::from_secs(c.state.config.component.handshake_timeout_secs);
-    let component = match tokio::time::timeout(limit, authenticate(c, components)).await {
+    let mut shutdown = c.state.shutdown.clone();
+    let authenticated = tokio::select! {
+        _ = shutdown.changed() => return End::Error("system-shutdown", None),
+        r = tokio::time::timeout(limit, authenticate(c, components)) => r,
+    };
+    let component = match authenticated {
         Err(_) => return End::Error("connection-timeout", None),
         Ok(Err(end)) => return end,
         Ok(Ok(component)) => component,
@@ -181,7 +186,13 @@ async fn session(c: &mut Conn, component: &Component, rx: &mut mpsc::Receiver<By
                 Err(e) => return e.into(),
             }
         }
-        if let Err(end) = c.flush().await {
+        // A component that stops reading blocks this write; shutdown must still end it
+        // (without a stream error: a write was cut short, the stream is not well-formed).
+        let flushed = tokio::select! {
+            _ = shutdown.changed() => return End::Io,
+            r = c.flush() => r,
+        };
+        if let Err(end) = flushed {
             return end;
         }
         tokio::select! {
