@@ -41,7 +41,7 @@ def cserver(module_servers):
 
 
 class Echo(ComponentXMPP):
-    """Answers every chat/normal message with "echo: <body>", and disco#info (xep_0030)."""
+    """Answers chat/normal messages with "echo: <body>" (except echoes), and disco#info."""
 
     def __init__(self, jid: str, secret: str):
         super().__init__(jid, secret)
@@ -62,7 +62,8 @@ class Echo(ComponentXMPP):
 
     def _on_message(self, msg):
         self.received.put_nowait(msg)
-        if msg["type"] in ("chat", "normal") and msg["body"]:
+        if msg["type"] in ("chat", "normal") and msg["body"] \
+                and not msg["body"].startswith("echo: "):   # two echoes must not ping-pong
             msg.reply("echo: " + msg["body"]).send()
 
 
@@ -215,6 +216,28 @@ def test_gateway_contact_subscription(cserver, accounts):
                 assert p["status"] == "bridged"
         finally:
             await close(comp)
+    run(scenario())
+
+
+def test_component_to_component_from_a_bare_domain(cserver):
+    """A component's domain as the sender (no resource), as a remote server's would be:
+    another component receives it and its echo comes back."""
+    async def scenario():
+        echo = await online_component(cserver, "echo.localhost")
+        sender = await online_component(cserver, "sender.localhost")
+        try:
+            sender.send_message(mto="echo.localhost", mbody="ping", mfrom="sender.localhost",
+                                mtype="chat")
+            got = await asyncio.wait_for(echo.received.get(), TIMEOUT)
+            assert str(got["from"]) == "sender.localhost" and got["body"] == "ping"
+            while True:
+                back = await asyncio.wait_for(sender.received.get(), TIMEOUT)
+                if back["body"] == "echo: ping":
+                    break
+            assert str(back["from"]) == "echo.localhost"
+        finally:
+            await close(sender)
+            await close(echo)
     run(scenario())
 
 
