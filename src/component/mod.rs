@@ -119,7 +119,7 @@ impl Service for Component {
             let from = req.from.as_str();
             // Queued in jabber:client form (the writer converts): a stanza still queued
             // when the component goes away bounces like any other.
-            let bytes = req.stanza.rewrite(Some(from), None);
+            let bytes = req.stanza.rewrite(Some(from), Some(req.to.as_str()));
             let Err(condition) = self.offer(bytes) else {
                 return;
             };
@@ -200,4 +200,45 @@ pub fn start(
         move |state, tcp, peer| stream::serve(state, components.clone(), tcp, peer),
     ));
     addr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn component() -> Component {
+        Component {
+            domain: "gw.example.org".into(),
+            secret: Secret::default(),
+            link: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn queue_policy() {
+        let c = component();
+        let st = Bytes::from_static(b"<message/>");
+        assert_eq!(c.offer(st.clone()), Err(Condition::ServiceUnavailable));
+        let (tx, mut rx) = mpsc::channel(1);
+        let id = c.attach(tx).expect("first connection attaches");
+        let (tx2, _rx2) = mpsc::channel(1);
+        assert!(c.attach(tx2).is_none(), "a second connection is refused");
+        assert_eq!(c.offer(st.clone()), Ok(()));
+        assert_eq!(c.offer(st.clone()), Err(Condition::ResourceConstraint));
+        assert_eq!(rx.try_recv().ok(), Some(st.clone()));
+        c.detach(id + 1);
+        assert_eq!(
+            c.offer(st.clone()),
+            Ok(()),
+            "a stale detach leaves the link"
+        );
+        c.detach(id);
+        assert_eq!(c.offer(st.clone()), Err(Condition::ServiceUnavailable));
+        // A connection whose task ended without detaching does not block the next one.
+        let (tx3, rx3) = mpsc::channel(1);
+        c.attach(tx3).expect("attaches");
+        drop(rx3);
+        let (tx4, _rx4) = mpsc::channel(1);
+        assert!(c.attach(tx4).is_some());
+    }
 }
