@@ -69,6 +69,8 @@ pub struct TestServer {
     c2s: SocketAddr,
     direct_tls: SocketAddr,
     leaf: rustls::pki_types::CertificateDer<'static>,
+    /// The served domain ([`DOMAIN`] unless started with [`TestServer::start_domain`]).
+    domain: String,
     // Dropped last: the database and certificate live here.
     _dir: tempfile::TempDir,
 }
@@ -87,10 +89,16 @@ impl TestServer {
     /// `extra` is appended to the base TOML; it may add any section except `[listen]` and
     /// `[registration]`.
     pub async fn start_with(extra: &str) -> TestServer {
+        Self::start_domain(DOMAIN, extra).await
+    }
+
+    /// [`TestServer::start_with`] serving `domain` instead of [`DOMAIN`] (two servers of
+    /// different domains in one test: federation).
+    pub async fn start_domain(domain: &str, extra: &str) -> TestServer {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let toml = format!(
-            "domain = \"{DOMAIN}\"\ndata_dir = \"{}\"\n\
+            "domain = \"{domain}\"\ndata_dir = \"{}\"\n\
              [listen]\nc2s = \"127.0.0.1:0\"\nc2s_direct_tls = \"127.0.0.1:0\"\n\
              http = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n\
              s2s = \"127.0.0.1:0\"\ns2s_direct_tls = \"127.0.0.1:0\"\ncomponent = \"\"\n\
@@ -113,6 +121,7 @@ impl TestServer {
             c2s,
             direct_tls,
             leaf,
+            domain: domain.to_string(),
             _dir: dir,
         }
     }
@@ -158,7 +167,7 @@ impl TestServer {
             .state
             .storage
             .accounts()
-            .create((DOMAIN, name), &creds)
+            .create((self.domain.as_str(), name), &creds)
             .await
             .expect("account created");
     }
