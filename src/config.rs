@@ -58,6 +58,8 @@ pub struct Config {
     pub bosh: Bosh,
     pub muc: crate::muc::MucConfig,
     pub s2s: crate::s2s::S2sConfig,
+    /// XEP-0114 external components (`src/component/config.rs`).
+    pub component: crate::component::ComponentConfig,
 }
 
 /// The HTTP module as a whole (the listeners are `listen.http` / `listen.https`).
@@ -318,6 +320,7 @@ impl Default for Config {
             bosh: Bosh::default(),
             muc: crate::muc::MucConfig::default(),
             s2s: crate::s2s::S2sConfig::default(),
+            component: Default::default(),
         }
     }
 }
@@ -702,6 +705,9 @@ impl Config {
             }
         }
         self.s2s.validate().map_err(ConfigError::Invalid)?;
+        self.component
+            .validate(&domains)
+            .map_err(ConfigError::Invalid)?;
         self.upload
             .validate(&domains)
             .map_err(ConfigError::Invalid)?;

@@ -83,6 +83,14 @@ impl ServerState {
 
     /// Send a stanza to a remote domain (see [`Remote::send`]).
     pub fn send_remote(&self, from: &Jid, to: &Jid, stanza: Bytes) -> Result<(), RemoteError> {
+        // A hosted service that relays to another domain of its own (an XEP-0114 component)
+        // is reached like a remote server, through the stream it is connected by.
+        if let Some(svc) = self.services.get(to.domain().as_str()) {
+            return svc.relay(stanza).map_err(|c| match c {
+                crate::stanza::Condition::ResourceConstraint => RemoteError::QueueFull,
+                _ => RemoteError::NotFound,
+            });
+        }
         match self.federation.remote() {
             Some(r) => r.send(from, to, stanza),
             None => Err(RemoteError::NotFound),

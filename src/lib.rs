@@ -9,6 +9,7 @@ pub mod blocking;
 pub mod c2s;
 pub mod caps;
 pub mod carbons;
+pub mod component;
 pub mod config;
 pub mod federation;
 pub mod http;

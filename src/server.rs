@@ -89,6 +89,8 @@ pub struct RunningServer {
     pub https_addr: Option<SocketAddr>,
     /// Bound s2s listeners (STARTTLS, direct TLS), when federation is enabled.
     pub s2s_addrs: crate::s2s::S2sAddrs,
+    /// Bound XEP-0114 component listener, when components are configured.
+    pub component_addr: Option<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -127,10 +129,17 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     } else {
         (None, None)
     };
+    // Only with components configured: nothing could authenticate on it otherwise.
+    let component = if config.component.secrets.is_empty() {
+        None
+    } else {
+        bind(&config.listen.component, backlog).await?
+    };
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let https_addr = https.as_ref().and_then(|l| l.local_addr().ok());
     let http_base = crate::http::public_url(&config, https_addr, http_addr);
-    let services = crate::services::Services::standard(&config, &domains);
+    let mut services = crate::services::Services::standard(&config, &domains);
+    let components = crate::component::Components::new(&config.component, &mut services);
     let state = Arc::new(ServerState {
         limits: config.xml_limits(),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -171,6 +180,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let http_addr = spawn_http(&mut tasks, &state, http, false, &app);
     let https_addr = spawn_http(&mut tasks, &state, https, true, &app);
     let s2s_addrs = crate::s2s::start(&state, s2s, s2s_tls, &mut tasks)?;
+    let component_addr = crate::component::start(&state, components, component, &mut tasks);
     tracing::info!(domains = ?state.domains, backend = state.storage.backend_name(), "Starling started");
     Ok(RunningServer {
         state,
@@ -179,6 +189,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         http_addr,
         https_addr,
         s2s_addrs,
+        component_addr,
         shutdown_tx,
         tasks,
     })

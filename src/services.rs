@@ -59,6 +59,15 @@ pub trait Service: Send + Sync {
     /// what users must be told (a MUC's status 332). Sessions write what is queued before
     /// their closing stream error.
     fn stopping(&self, _server: &Arc<ServerState>) {}
+
+    /// Take a finished stanza for an address at this service (one `jabber:client` element,
+    /// 'from' and 'to' set by the server) without a session to attribute it to: answers,
+    /// errors and presence the core addresses to the domain, as it would to another
+    /// server's. Only a service that relays stanzas elsewhere (an XEP-0114 component)
+    /// takes them; the default refuses, and the caller treats the address as unreachable.
+    fn relay(&self, _stanza: Bytes) -> Result<(), crate::stanza::Condition> {
+        Err(crate::stanza::Condition::ServiceUnavailable)
+    }
 }
 
 /// The hosted services by domain.
@@ -138,6 +147,9 @@ impl ServerState {
     /// (queued for it, sent from the stanza's own 'from'). Returns false when it reached
     /// nobody.
     pub fn route(&self, to: &Jid, bytes: Bytes) -> bool {
+        if let Some(svc) = self.services.get(to.domain().as_str()) {
+            return svc.relay(bytes).is_ok();
+        }
         if !self.is_local_domain(to.domain().as_str()) {
             return crate::federation::send::route(self, to, bytes);
         }

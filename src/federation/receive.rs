@@ -22,7 +22,12 @@ use crate::xml::{self, Stanza};
 
 /// See [`crate::federation::inbound`].
 pub async fn inbound(server: &Arc<ServerState>, from: &Jid, to: &Jid, st: &Stanza) {
-    if server.services.get(to.domain().as_str()).is_some() {
+    if let Some(svc) = server.services.get(to.domain().as_str()) {
+        // A service that relays (an XEP-0114 component) takes any sender, bare JIDs and
+        // domains included, as another server would; while it cannot, the rules below.
+        if svc.relay(st.rewrite(None, None)).is_ok() {
+            return;
+        }
         // A service's occupants and users are full JIDs; a remote domain or bare JID
         // has no session for it to answer.
         match from.try_as_full() {

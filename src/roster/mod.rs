@@ -464,10 +464,10 @@ async fn inbound_one(
     queue: &mut VecDeque<SubStanza>,
 ) -> Result<(), StorageError> {
     if !server.serves(s.to.domain().as_str()) {
-        if !server.is_local_domain(s.to.domain().as_str()) {
-            // Another domain's contact: its server applies the contact-side rules.
-            crate::federation::send::presence(server, &s.from, &s.to, s.bytes);
-        }
+        // Another domain's contact: its server applies the contact-side rules. A hosted
+        // service's domain is reached the same way (an XEP-0114 gateway takes it; others
+        // refuse, and send_remote's error is only logged).
+        crate::federation::send::presence(server, &s.from, &s.to, s.bytes);
         return Ok(());
     }
     let Some(user) = user_of(&s.to) else {
@@ -520,10 +520,8 @@ async fn inbound_one(
 
 /// Send `me`'s current presence (every available resource) to `contact`'s resources.
 pub fn presence_to(server: &ServerState, me: &BareJid, contact: &BareJid) {
+    // A hosted service's domain counts as remote: send_remote reaches a component there.
     let remote = !server.serves(contact.domain().as_str());
-    if remote && server.is_local_domain(contact.domain().as_str()) {
-        return;
-    }
     for r in server.router.resources(me.as_str()) {
         if let Some(p) = &r.presence {
             let from = format!("{}/{}", me.as_str(), r.resource);
@@ -554,10 +552,8 @@ fn send_presence(
 
 /// Send unavailable presence from each of `me`'s available resources to `contact`.
 pub fn unavailable_to(server: &ServerState, me: &BareJid, contact: &BareJid) {
+    // A hosted service's domain counts as remote: send_remote reaches a component there.
     let remote = !server.serves(contact.domain().as_str());
-    if remote && server.is_local_domain(contact.domain().as_str()) {
-        return;
-    }
     for r in server.router.resources(me.as_str()) {
         if r.presence.is_some() {
             let bytes = format!(
