@@ -434,7 +434,6 @@ async fn fake_authoritative(listener: TcpListener, secret: &'static [u8]) {
 }
 
 #[tokio::test]
-#[ignore = "needs Outbound::verify (s2s-out) and federation::inbound (routing): enable after merging"]
 async fn dialback_then_stanzas_reach_a_local_user() {
     const PEER_SECRET: &[u8] = b"remote.test dialback secret";
     let auth = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -479,7 +478,6 @@ async fn dialback_then_stanzas_reach_a_local_user() {
 /// XEP-0220 §2.4 resource-constraint: one stream may not make us run more than
 /// `s2s.max_domain_pairs` verifications at once.
 #[tokio::test]
-#[ignore = "needs Outbound::verify (s2s-out) to wait on a silent authoritative server: enable after merging"]
 async fn domain_pairs_per_stream_are_bounded() {
     // An "authoritative server" that accepts and never answers: verifications stay pending.
     let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");

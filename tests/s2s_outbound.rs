@@ -325,7 +325,6 @@ async fn bounced(server: &TestServer, expected: &str) {
 }
 
 #[tokio::test]
-#[ignore = "needs federation::inbound and c2s routing to send_remote (routing branch): enable after merging"]
 async fn refused_connection_bounces_remote_server_not_found() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = closed.local_addr().unwrap().port();
@@ -335,7 +334,6 @@ async fn refused_connection_bounces_remote_server_not_found() {
 }
 
 #[tokio::test]
-#[ignore = "needs federation::inbound and c2s routing to send_remote (routing branch): enable after merging"]
 async fn silent_peer_bounces_remote_server_timeout() {
     // Accepts (kernel backlog) and never says a word.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -126,7 +126,6 @@ async fn messages_both_ways(a: &Node, b: &Node) {
 }
 
 #[tokio::test]
-#[ignore = "needs federation::inbound and c2s routing to send_remote (routing branch): enable after merging"]
 async fn dialback_between_two_servers() {
     let (a, b) = pair("", "").await;
     messages_both_ways(&a, &b).await;
@@ -154,7 +153,6 @@ fn write_pki(dir: &Path) {
 }
 
 #[tokio::test]
-#[ignore = "needs federation::inbound and c2s routing to send_remote (routing branch): enable after merging"]
 async fn sasl_external_between_two_servers() {
     let pki = tempfile::tempdir().unwrap();
     write_pki(pki.path());
