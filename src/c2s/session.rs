@@ -368,7 +368,8 @@ async fn iq(ctx: &Ctx<'_>, st: &Stanza, to: Option<Jid>, out: &mut BytesMut) -> 
         // Answers to the server's own queries (XEP-0115 caps, XEP-0357 publishes); other
         // results end here.
         if !ctx.server.iq_out.answer(st, ctx.jid) {
-            crate::push::on_iq_response(ctx.server, ctx.jid, &target, st).await;
+            let responder = Jid::from(ctx.jid.clone());
+            crate::push::on_iq_response(ctx.server, &responder, &target, st).await;
         }
         return Ok(());
     }

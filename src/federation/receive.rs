@@ -325,9 +325,14 @@ async fn iq(server: &Arc<ServerState>, from: &Jid, to: &Jid, st: &Stanza) {
         return;
     }
     if !is_request {
-        // Answers to the server's own queries (XEP-0115 caps of remote contacts).
-        if let Ok(full) = from.try_as_full() {
-            server.iq_out.answer(st, full);
+        // Answers to the server's own queries (XEP-0115 caps of remote contacts), and
+        // XEP-0357 push services answering a publish sent on a user's behalf.
+        let answered = match from.try_as_full() {
+            Ok(full) => server.iq_out.answer(st, full),
+            Err(_) => false,
+        };
+        if !answered {
+            crate::push::on_iq_response(server, from, to, st).await;
         }
         return;
     }

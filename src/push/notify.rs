@@ -186,8 +186,9 @@ async fn trailing(server: Arc<ServerState>, user: BareJid, key: Key, at: Instant
     }
 }
 
-/// Send one publish. Without server-to-server, only a push service that is a local full JID
-/// (a connected client acting as App Server) can be reached; others are skipped.
+/// Send one publish (XEP-0357 §7) from the user's bare JID to the push service: a local
+/// full JID (a connected client acting as App Server) directly, any other domain's service
+/// over server-to-server (where the Conversations and Monal app servers are).
 fn send(
     server: &Arc<ServerState>,
     user: &BareJid,
@@ -198,13 +199,11 @@ fn send(
     let Ok(to) = Jid::new(&reg.service) else {
         return;
     };
-    let Some(resource) = to
-        .resource()
-        .filter(|_| server.serves(to.domain().as_str()))
-    else {
-        tracing::debug!(service = %reg.service, "push service unreachable (remote or not a client)");
+    let local = server.is_local_domain(to.domain().as_str());
+    if local && (to.resource().is_none() || !server.serves(to.domain().as_str())) {
+        tracing::debug!(service = %reg.service, "push service unreachable (not a client)");
         return;
-    };
+    }
     let id = random_id();
     let iq = publish_iq(&id, user.as_str(), reg, count, s, &server.config.push);
     let bytes = crate::xml::to_bytes(&iq);
@@ -213,13 +212,18 @@ fn send(
         .push
         .pending
         .track(&id, user.as_str(), reg, &server.config.push);
-    let sent = server.router.send_full(
-        to.to_bare().as_str(),
-        resource.as_str(),
-        Deliver::Bytes(bytes),
-    );
+    let sent = match to.resource() {
+        Some(resource) if local => server.router.send_full(
+            to.to_bare().as_str(),
+            resource.as_str(),
+            Deliver::Bytes(bytes),
+        ),
+        _ => server
+            .send_remote(&Jid::from(user.clone()), &to, bytes)
+            .is_ok(),
+    };
     if !sent {
-        tracing::debug!(service = %reg.service, "push service not connected");
+        tracing::debug!(service = %reg.service, "push service not reachable");
         if tracked {
             server.push.pending.untrack(&id);
         }

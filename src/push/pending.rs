@@ -2,7 +2,7 @@
 //! that (service, node) registration; like Prosody we keep it on `type='wait'` errors, which
 //! are transient by definition (RFC 6120 §8.3.2). Entries are forgotten after
 //! `push.response_timeout_secs`; at most `push.max_pending` are tracked server-wide.
-use jid::{FullJid, Jid};
+use jid::Jid;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,7 +65,7 @@ impl Pending {
 /// one of our publishes, from the service it went to, settle it. Called by the IQ routing for
 /// every such response; only a hash lookup unless it matches. An error is settled before this
 /// returns (the registration is disabled), so the push service's next stanza sees it done.
-pub async fn on_iq_response(server: &Arc<ServerState>, responder: &FullJid, to: &Jid, st: &Stanza) {
+pub async fn on_iq_response(server: &Arc<ServerState>, responder: &Jid, to: &Jid, st: &Stanza) {
     let Some(id) = st.id.as_deref() else { return };
     let entry = {
         let mut m = server.push.pending.lock();
