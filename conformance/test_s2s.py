@@ -1,0 +1,383 @@
+"""Federation (RFC 6120 server-to-server) between Starling and real Prosody 0.12 and
+ejabberd 23.01, and between two Starlings: chat both ways, mutual subscription with
+presence, MUC rooms on either side with occupants from the other, and which
+authentication the streams used — SASL EXTERNAL (XEP-0178) when both certificates are
+trusted, XEP-0220 dialback when they are not.
+
+The peers come from peers.py (their own configs on loopback; they find Starling through
+the suite's stub DNS, see stubdns.py); Starling finds them through `s2s.static_hosts`.
+Every server has a certificate for its domain and `conference.<domain>` from the session's
+test CA (testca.py); Starling trusts that CA alone (`s2s.ca_file`, no system roots).
+
+Which authentication a stream used is read from the logs: Starling logs one line per
+authenticated domain pair, `s2s stream authenticated` with direction, local, remote, method
+("external" | "dialback") and tls; ejabberd logs "Accepted inbound|outbound s2s
+EXTERNAL|dialback authentication A -> B"; Prosody "Accepting SASL EXTERNAL identity from B"
+(inbound) and "SASL EXTERNAL with B succeeded" (outbound). Since a stream may carry both
+directions (XEP-0288 bidi: Prosody asks for it), the tests require at least one
+authenticated stream with the peer and the expected method on every one of them, not one
+stream per direction.
+
+A missing peer package fails these tests (never skips): scripts/install-deps installs both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+import time
+
+import pytest
+
+from conftest import PASSWORD, ServerFactory
+from peers import MUC_PREFIX, PeerError, static_hosts
+from starling_server import free_ports, port_open
+from xmpp_client import (NS_CLIENT, Session, befriend, bare, presence, ptype, run)
+
+KINDS = ("prosody", "ejabberd")
+NEED = "prosody and ejabberd (Debian packages; scripts/install-deps installs them)"
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_MUC_USER = NS_MUC + "#user"
+NS_MUC_OWNER = NS_MUC + "#owner"
+NS_DATA = "jabber:x:data"
+WAIT = 30.0          # bound on each cross-server wait (first contact opens the streams)
+SCENARIO = 100.0     # bound on one test's whole conversation (pytest.ini: 120 s per test)
+AUTH_LINE = "s2s stream authenticated"
+_ids = itertools.count(1)
+
+
+# --------------------------------------------------------------------------
+# Servers
+# --------------------------------------------------------------------------
+
+def start_peer(federation, tmp_path_factory, kind):
+    try:
+        return federation.start_peer(kind, tmp_path_factory.mktemp(f"peer-{kind}"))
+    except PeerError as e:
+        pytest.fail(f"cannot start {kind} ({NEED}): {e}", pytrace=False)
+
+
+def starling_options(federation, domain, s2s_port, *, trusted_cert, trust, remotes):
+    """ServerOptions for a federating Starling: s2s listener on `s2s_port`, a certificate
+    for `domain` (and conference.<domain>) from the trusted or the untrusted CA, trusting
+    only the CA `trust` (a testca.TestCa), `remotes` (peers or (domain, port)) in
+    static_hosts."""
+    cert = federation.cert(domain, trusted=trusted_cert)
+    return dict(
+        domains=[domain],
+        extra_sections={
+            "listen": {"s2s": f"127.0.0.1:{s2s_port}"},
+            "s2s": {"static_hosts": static_hosts(*remotes), "ca_file": str(trust.ca_file),
+                    "use_system_roots": False},
+            "tls": {"cert": str(cert.chain), "key": str(cert.key)},
+            "log": {"level": "info,starling::s2s=debug"},
+        },
+    )
+
+
+def started_starling(factory, federation, domain, s2s_port, **kwargs):
+    """Start it, wait for its s2s listener, publish it in the stub DNS for the peers."""
+    server = factory(**starling_options(federation, domain, s2s_port, **kwargs))
+    deadline = time.monotonic() + 20
+    while not port_open(s2s_port):
+        assert time.monotonic() < deadline, \
+            f"starling did not listen for s2s on {s2s_port}:\n{server.log_tail()}"
+        time.sleep(0.05)
+    server.domain = domain
+    server.s2s_port = s2s_port
+    server.kind = "starling"
+    federation.publish(domain, s2s_port)
+    return server
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def peer(request, federation, tmp_path_factory):
+    """prosody.test or ejabberd.test, with a certificate from the CA everyone trusts."""
+    server = start_peer(federation, tmp_path_factory, request.param)
+    yield server
+    federation.stop_peer(server)
+
+
+@contextlib.contextmanager
+def starling_for(peer, federation, tmp_path_factory, label, **kwargs):
+    factory = ServerFactory(tmp_path_factory, f"s2s_{label}_{peer.kind}")
+    domain = f"{label}-{peer.kind}.test"
+    (port,) = free_ports(1)
+    try:
+        yield started_starling(factory, federation, domain, port, remotes=[peer], **kwargs)
+    finally:
+        federation.unpublish(domain)
+        problems = factory.close()
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def starling(peer, federation, tmp_path_factory):
+    """Starling with a trusted certificate, trusting the CA that signed the peer's."""
+    with starling_for(peer, federation, tmp_path_factory, "starling",
+                      trusted_cert=True, trust=federation.ca) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dialback_starling(peer, federation, tmp_path_factory):
+    """Starling whose certificate the peer does not trust, and which does not trust the
+    peer's (it trusts only the untrusted CA that signed its own): dialback both ways."""
+    with starling_for(peer, federation, tmp_path_factory, "dialback",
+                      trusted_cert=False, trust=federation.untrusted_ca) as server:
+        yield server
+
+
+# --------------------------------------------------------------------------
+# Accounts, sessions, logs
+# --------------------------------------------------------------------------
+
+def new_user(server, prefix: str) -> str:
+    """A fresh account on `server` (Starling or peer); returns its bare JID."""
+    jid = f"{prefix}{next(_ids)}@{server.domain}"
+    if getattr(server, "kind", "") == "starling":
+        server.adduser_many({jid: PASSWORD})
+    else:
+        server.adduser(jid, PASSWORD)
+    return jid
+
+
+@contextlib.asynccontextmanager
+async def online(server, jid: str, initial_presence: bool = True):
+    s = Session(server, jid, PASSWORD)
+    await s.connect()
+    try:
+        if initial_presence:
+            s.send_presence()
+        yield s
+    finally:
+        await s.disconnect()
+
+
+def body_is(text: str):
+    def match(m) -> bool:
+        el = m.xml.find(f"{{{NS_CLIENT}}}body")
+        return el is not None and el.text == text
+    return match
+
+
+async def chat(sender, receiver, text: str) -> None:
+    """`sender` sends a chat message to `receiver`'s bare JID; it must arrive, from sender."""
+    sender.send_message(bare(receiver.jid), text)
+    got = await receiver.next_message(body_is(text), timeout=WAIT)
+    assert got.xml.get("type") == "chat", got
+    assert bare(got.xml.get("from")) == bare(sender.jid), got
+
+
+_FIELD = re.compile(r'(\w+)=(?:"((?:[^"\\]|\\.)*)"|(\S+))')
+
+
+def starling_auths(server, remote: str) -> list[dict[str, str]]:
+    """Starling's `s2s stream authenticated` lines about `remote`, as field dicts."""
+    found = []
+    for line in server.log_text().splitlines():
+        at = line.find(AUTH_LINE)
+        if at < 0:
+            continue
+        fields = {m.group(1): m.group(2) if m.group(2) is not None else m.group(3)
+                  for m in _FIELD.finditer(line[at + len(AUTH_LINE):])}
+        if fields.get("remote") == remote:
+            found.append(fields)
+    return found
+
+
+def assert_starling_method(server, remote: str, method: str) -> None:
+    auths = starling_auths(server, remote)
+    assert auths, (f"no '{AUTH_LINE}' line with remote={remote} in the log of "
+                   f"{server.domain}:\n{server.log_tail(lines=60)}")
+    wrong = [a for a in auths if a.get("method") != method]
+    assert not wrong, f"expected method={method} for {remote}, got {wrong}"
+    assert all(a.get("tls") == "true" for a in auths), auths
+    assert all(a.get("local") in (server.domain, f"{MUC_PREFIX}.{server.domain}")
+               for a in auths), auths
+
+
+def peer_auth_methods(peer, remote: str) -> set[str]:
+    """The authentication methods the peer's log shows for streams with `remote`."""
+    text = peer.log_text()
+    found = set()
+    if peer.kind == "ejabberd":
+        pattern = (r"Accepted (?:inbound|outbound) s2s (EXTERNAL|dialback) authentication "
+                   rf"(?:{re.escape(remote)} -> {re.escape(peer.domain)}|"
+                   rf"{re.escape(peer.domain)} -> {re.escape(remote)})\b")
+        found = {m.group(1).lower() for m in re.finditer(pattern, text, re.IGNORECASE)}
+    else:
+        if (f"Accepting SASL EXTERNAL identity from {remote}" in text
+                or f"SASL EXTERNAL with {remote} succeeded" in text):
+            found.add("external")
+    return found
+
+
+# --------------------------------------------------------------------------
+# MUC helpers (raw XEP-0045, the same on every server)
+# --------------------------------------------------------------------------
+
+def status_codes(p) -> set[int]:
+    return {int(c.get("code"))
+            for c in p.xml.findall(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}status")}
+
+
+async def join_room(s, room: str, nick: str):
+    """Enter `room` as `nick`; returns our self-presence (status 110). An instant room we
+    created (201) is configured with the defaults at once, so others may enter."""
+    s.send_raw(f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'>"
+               f"<history maxstanzas='0'/></x></presence>")
+    p = await s.next_presence(
+        lambda p: p.xml.get("from") == f"{room}/{nick}"
+        and (ptype(p) == "error" or 110 in status_codes(p)), timeout=WAIT)
+    assert ptype(p) != "error", f"joining {room} refused: {p}"
+    if 201 in status_codes(p):
+        r = await s.iq_xml(f"<iq type='set' to='{room}'><query xmlns='{NS_MUC_OWNER}'>"
+                           f"<x xmlns='{NS_DATA}' type='submit'/></query></iq>", timeout=WAIT)
+        assert r["type"] == "result", f"instant room configuration refused: {r}"
+    return p
+
+
+async def groupchat(sender, room: str, nick: str, text: str, *receivers) -> None:
+    """`sender` (nick) says `text` in the room; every receiver (and the sender, as the
+    room reflects it) gets it from room/nick."""
+    sender.send_message(room, text, mtype="groupchat")
+    for r in (sender, *receivers):
+        got = await r.next_message(body_is(text), timeout=WAIT)
+        assert got.xml.get("type") == "groupchat", got
+        assert got.xml.get("from") == f"{room}/{nick}", got
+
+
+async def muc_conversation(owner_server, owner_jid, guest_server, guest_jid, muc: str):
+    """owner creates a room at `muc`, guest (from the other server) joins; each sees the
+    other's presence, then a groupchat message each way."""
+    room = f"fed{next(_ids)}@{muc}"
+    async with online(owner_server, owner_jid) as owner, \
+            online(guest_server, guest_jid) as guest:
+        await join_room(owner, room, "owner")
+        await join_room(guest, room, "guest")
+        # the owner sees the guest arrive; the guest got the owner's presence first (§7.2.3)
+        await owner.next_presence(presence(f"{room}/guest", "available"), timeout=WAIT)
+        await guest.next_presence(presence(f"{room}/owner", "available"), timeout=WAIT)
+        await groupchat(guest, room, "guest", "hello from the guest", owner)
+        await groupchat(owner, room, "owner", "hello from the owner", guest)
+
+
+# --------------------------------------------------------------------------
+# Starling <-> Prosody / ejabberd, certificates trusted both ways
+# --------------------------------------------------------------------------
+
+def test_s2s_message_both_ways(starling, peer):
+    """A chat message from a Starling user to a peer user and back."""
+    s_jid, p_jid = new_user(starling, "sam"), new_user(peer, "pat")
+
+    async def go():
+        async with online(starling, s_jid) as s, online(peer, p_jid) as p:
+            await chat(s, p, f"hello {peer.kind}")
+            await chat(p, s, "hello starling")
+    run(go(), timeout=SCENARIO)
+
+
+def test_s2s_sasl_external_when_certificates_are_trusted(starling, peer):
+    """Both certificates chain to CAs the other side trusts: every stream between the two
+    authenticates with SASL EXTERNAL (XEP-0178), on Starling's side and on the peer's."""
+    s_jid, p_jid = new_user(starling, "ext"), new_user(peer, "ext")
+
+    async def go():
+        async with online(starling, s_jid) as s, online(peer, p_jid) as p:
+            await chat(s, p, "external out")
+            await chat(p, s, "external in")
+    run(go(), timeout=SCENARIO)
+    assert_starling_method(starling, peer.domain, "external")
+    assert "external" in peer_auth_methods(peer, starling.domain), peer.log_tail()
+    assert "dialback" not in peer_auth_methods(peer, starling.domain), peer.log_tail()
+
+
+def test_s2s_mutual_subscription_and_presence(starling, peer):
+    """RFC 6121 §3 across servers: each asks for the other's presence and approves, both
+    rosters end at subscription='both', and each then sees the other's presence."""
+    s_jid, p_jid = new_user(starling, "sub"), new_user(peer, "sub")
+
+    async def go():
+        async with online(starling, s_jid, initial_presence=False) as s, \
+                online(peer, p_jid, initial_presence=False) as p:
+            await befriend(s, p)   # initial presence, then subscribe both ways
+            # A presence update from each reaches the other (broadcast to 'from' contacts).
+            s.send_presence(pstatus="on starling")
+            got = await p.next_presence(
+                lambda st: bare(st.xml.get("from")) == bare(s.jid)
+                and st["status"] == "on starling", timeout=WAIT)
+            assert ptype(got) == "available"
+            p.send_presence(pstatus=f"on {peer.kind}")
+            got = await s.next_presence(
+                lambda st: bare(st.xml.get("from")) == bare(p.jid)
+                and st["status"] == f"on {peer.kind}", timeout=WAIT)
+            assert ptype(got) == "available"
+    run(go(), timeout=SCENARIO)
+
+
+def test_s2s_peer_user_in_starling_room(starling, peer):
+    """A Prosody/ejabberd user joins a room on Starling's MUC service and talks there."""
+    run(muc_conversation(starling, new_user(starling, "owner"), peer, new_user(peer, "guest"),
+                         f"{MUC_PREFIX}.{starling.domain}"), timeout=SCENARIO)
+
+
+def test_s2s_starling_user_in_peer_room(starling, peer):
+    """A Starling user joins a room on the peer's MUC service and talks there."""
+    run(muc_conversation(peer, new_user(peer, "owner"), starling, new_user(starling, "guest"),
+                         peer.muc), timeout=SCENARIO)
+
+
+# --------------------------------------------------------------------------
+# Starling <-> Prosody / ejabberd, certificates not trusted: dialback
+# --------------------------------------------------------------------------
+
+def test_s2s_dialback_when_certificates_are_not_trusted(dialback_starling, peer):
+    """Neither side trusts the other's certificate: the streams still authenticate, with
+    XEP-0220 dialback, and messages flow both ways."""
+    starling = dialback_starling
+    s_jid, p_jid = new_user(starling, "db"), new_user(peer, "db")
+
+    async def go():
+        async with online(starling, s_jid) as s, online(peer, p_jid) as p:
+            await chat(s, p, "dialback out")
+            await chat(p, s, "dialback in")
+    run(go(), timeout=SCENARIO)
+    assert_starling_method(starling, peer.domain, "dialback")
+    methods = peer_auth_methods(peer, starling.domain)
+    assert "external" not in methods, peer.log_tail()
+    if peer.kind == "ejabberd":
+        assert "dialback" in methods, peer.log_tail()
+
+
+# --------------------------------------------------------------------------
+# Starling <-> Starling
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["external", "dialback"])
+def test_s2s_two_starlings_exchange_messages(make_server, federation, method):
+    """Two Starling servers federate: a message each way. 'external': both certificates
+    from the CA both trust; 'dialback': both from a CA neither trusts."""
+    trusted = method == "external"
+    port_a, port_b = free_ports(2)
+    dom_a, dom_b = f"alpha-{method}.test", f"beta-{method}.test"
+    common = dict(trusted_cert=trusted, trust=federation.ca)
+    a = started_starling(make_server, federation, dom_a, port_a,
+                         remotes=[(dom_b, port_b)], **common)
+    b = started_starling(make_server, federation, dom_b, port_b,
+                         remotes=[(dom_a, port_a)], **common)
+    try:
+        a_jid, b_jid = new_user(a, "ann"), new_user(b, "bea")
+
+        async def go():
+            async with online(a, a_jid) as sa, online(b, b_jid) as sb:
+                await chat(sa, sb, "alpha to beta")
+                await chat(sb, sa, "beta to alpha")
+        run(go(), timeout=SCENARIO)
+        assert_starling_method(a, dom_b, method)
+        assert_starling_method(b, dom_a, method)
+    finally:
+        federation.unpublish(dom_a)
+        federation.unpublish(dom_b)
