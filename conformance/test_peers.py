@@ -18,6 +18,7 @@ from conftest import PASSWORD
 from peers import PeerError
 from xmpp_client import Session, run
 
+KINDS = ("prosody", "ejabberd")
 NEED = "prosody and ejabberd (Debian packages; scripts/install-deps installs them)"
 
 
@@ -39,12 +40,15 @@ def pair(federation, tmp_path_factory):
     federation.stop_peer(ejabberd)
 
 
-@pytest.fixture(scope="module")
-def untrusted_ejabberd(federation, tmp_path_factory, pair):
-    """A second ejabberd whose certificate comes from a CA nobody trusts."""
-    peer = start(federation, tmp_path_factory, "ejabberd", domain="untrusted-ejabberd.test",
+@pytest.fixture(scope="module", params=KINDS)
+def untrusted(request, federation, tmp_path_factory, pair):
+    """A second Prosody or ejabberd whose certificate comes from a CA nobody trusts, and
+    the trusted peer of the other kind it federates with."""
+    kind = request.param
+    peer = start(federation, tmp_path_factory, kind, domain=f"untrusted-{kind}.test",
                  trusted_cert=False)
-    yield peer
+    other = pair[1] if kind == "prosody" else pair[0]
+    yield peer, other
     federation.stop_peer(peer)
 
 
@@ -91,17 +95,23 @@ def test_prosody_and_ejabberd_exchange_messages_with_sasl_external(pair):
         ejabberd.log_tail()
 
 
-def test_untrusted_certificate_falls_back_to_dialback(pair, untrusted_ejabberd):
-    """An ejabberd whose certificate Prosody does not trust still federates with it: the
-    streams from that ejabberd authenticate with dialback (XEP-0220), as the dialback
-    variants of test_s2s.py expect of the peers."""
-    prosody, _ = pair
-    ejabberd = untrusted_ejabberd
-    prosody.adduser("pia-db", PASSWORD)
-    ejabberd.adduser("ed-db", PASSWORD)
-    run(exchange(ejabberd, "ed-db", prosody, "pia-db"), timeout=90)
+def test_untrusted_certificate_falls_back_to_dialback(untrusted):
+    """A server whose certificate the other does not trust still federates with it: what
+    it sends is authenticated with dialback (XEP-0220), as the dialback variants of
+    test_s2s.py expect of the peers, in both roles: untrusted ejabberd -> Prosody (ejabberd
+    logs its outbound dialback), untrusted Prosody -> ejabberd (ejabberd logs the inbound
+    dialback)."""
+    peer, other = untrusted
+    peer.adduser("u-db", PASSWORD)
+    other.adduser("t-db", PASSWORD)
+    run(exchange(peer, "u-db", other, "t-db"), timeout=90)
 
-    assert ejabberd_auth(ejabberd, "outbound", "dialback", ejabberd.domain, "prosody.test"), \
+    if peer.kind == "ejabberd":   # untrusted ejabberd -> prosody.test
+        ejabberd, prosody, direction, remote = peer, other, "outbound", other.domain
+    else:                         # untrusted prosody -> ejabberd.test
+        ejabberd, prosody, direction, remote = other, peer, "inbound", peer.domain
+    assert ejabberd_auth(ejabberd, direction, "dialback", ejabberd.domain, remote), \
         ejabberd.log_tail()
-    plog = prosody.log_text()
-    assert f"Accepting SASL EXTERNAL identity from {ejabberd.domain}" not in plog
+    assert not ejabberd_auth(ejabberd, direction, "EXTERNAL", ejabberd.domain, remote)
+    if peer is ejabberd:   # Prosody never accepted the untrusted certificate for EXTERNAL
+        assert f"Accepting SASL EXTERNAL identity from {peer.domain}" not in prosody.log_text()
