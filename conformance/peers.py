@@ -88,8 +88,8 @@ class PeerServer:
         self.cert = cert
         self.ca_file = Path(ca_file)
         self.dns = dns
-        self.c2s_port, self.s2s_port, self.http_port = free_ports(3)
-        self.direct_tls_port = None
+        self.c2s_port, self.s2s_port, self.s2s_tls_port, self.http_port = free_ports(4)
+        self.direct_tls_port = None   # c2s direct TLS (xmpp_client.Session): not used
         self.log_path = self.workdir / f"{self.kind}.log"      # the server's own log
         self.out_path = self.workdir / f"{self.kind}.out"      # its stdout/stderr
         self.process: subprocess.Popen | None = None
@@ -124,7 +124,7 @@ class PeerServer:
         self.process = subprocess.Popen(
             self.command(), stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._out,
             cwd=self.workdir, env=self.env(), start_new_session=True)
-        ports = [self.c2s_port, self.s2s_port] + self.extra_ports()
+        ports = [self.c2s_port, self.s2s_port, self.s2s_tls_port] + self.extra_ports()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -238,7 +238,7 @@ c2s_ports = {{ {self.c2s_port} }}
 c2s_direct_tls_ports = {{ }}
 legacy_ssl_ports = {{ }}
 s2s_ports = {{ {self.s2s_port} }}
-s2s_direct_tls_ports = {{ }}
+s2s_direct_tls_ports = {{ {self.s2s_tls_port} }}
 component_ports = {{ }}
 http_ports = {{ }}
 https_ports = {{ }}
@@ -368,6 +368,11 @@ listen:
     ip: "127.0.0.1"
     module: ejabberd_s2s_in
   -
+    port: {self.s2s_tls_port}
+    ip: "127.0.0.1"
+    module: ejabberd_s2s_in
+    tls: true
+  -
     port: {self.http_port}
     ip: "127.0.0.1"
     module: ejabberd_http
@@ -481,24 +486,31 @@ class Federation:
         if peer in self.peers:
             self.peers.remove(peer)
 
-    def publish(self, domain: str, s2s_port: int) -> None:
-        """Make `domain` and `conference.<domain>` resolvable to 127.0.0.1:s2s_port for the
-        peers (Starling's own listener)."""
-        self.dns.add_xmpp_server(domain, s2s_port)
-        self.dns.add_xmpp_server(f"{MUC_PREFIX}.{domain}", s2s_port)
+    def publish(self, domain: str, s2s_port: int | None, tls_port: int | None = None) -> None:
+        """Make `domain` and `conference.<domain>` resolvable for the peers (Starling's own
+        listeners): SRV `_xmpp-server` -> 127.0.0.1:s2s_port (STARTTLS), and
+        `_xmpps-server` -> 127.0.0.1:tls_port (direct TLS) when given."""
+        for name in (domain, f"{MUC_PREFIX}.{domain}"):
+            self.dns.add_xmpp_server(name, s2s_port, tls_port=tls_port)
 
     def unpublish(self, domain: str) -> None:
         self.dns.remove(domain)
         self.dns.remove(f"{MUC_PREFIX}.{domain}")
 
 
-def static_hosts(*servers) -> dict[str, str]:
+def static_hosts(*servers, direct_tls: bool = False) -> dict[str, str]:
     """Starling's `s2s.static_hosts` for peers (or other Starlings, given as (domain, port)):
-    each domain and its MUC service."""
+    each domain and its MUC service, at the peer's STARTTLS s2s port, or with
+    `direct_tls` at its direct TLS one ("tls://", XEP-0368)."""
     out = {}
     for server in servers:
-        domain, port = (server.domain, server.s2s_port) if isinstance(server, PeerServer) \
-            else server
-        out[domain] = f"127.0.0.1:{port}"
-        out[f"{MUC_PREFIX}.{domain}"] = f"127.0.0.1:{port}"
+        if isinstance(server, PeerServer):
+            domain = server.domain
+            target = (f"tls://127.0.0.1:{server.s2s_tls_port}" if direct_tls
+                      else f"127.0.0.1:{server.s2s_port}")
+        else:
+            domain, port = server
+            target = f"127.0.0.1:{port}"
+        out[domain] = target
+        out[f"{MUC_PREFIX}.{domain}"] = target
     return out

@@ -69,21 +69,29 @@ class StubDns:
 
     # -- the zone ------------------------------------------------------------
 
-    def add_xmpp_server(self, domain: str, port: int, address: str = "127.0.0.1") -> None:
-        """`_xmpp-server._tcp.<domain>` SRV -> <address>:<port>, and <domain> A <address>.
+    def add_xmpp_server(self, domain: str, port: int | None, address: str = "127.0.0.1",
+                        tls_port: int | None = None) -> None:
+        """`_xmpp-server._tcp.<domain>` SRV -> <address>:<port> (STARTTLS), when `port`;
+        `_xmpps-server._tcp.<domain>` SRV -> <address>:<tls_port> (XEP-0368 direct TLS),
+        when `tls_port`; and <domain> A <address>. Replaces what `domain` had.
 
         The SRV target is the address itself ("127.0.0.1." as a name): ejabberd resolves
         SRV targets with the system's getaddrinfo, not with its DNS client, and an address
         literal needs no lookup there (Prosody also takes it as an address)."""
         domain = domain.lower().rstrip(".")
+        self.remove(domain)
         with self._lock:
-            self._srv[f"_xmpp-server._tcp.{domain}"] = [(0, 5, port, address)]
+            if port:
+                self._srv[f"_xmpp-server._tcp.{domain}"] = [(0, 5, port, address)]
+            if tls_port:
+                self._srv[f"_xmpps-server._tcp.{domain}"] = [(0, 5, tls_port, address)]
             self._a[domain] = [address]
 
     def remove(self, domain: str) -> None:
         domain = domain.lower().rstrip(".")
         with self._lock:
             self._srv.pop(f"_xmpp-server._tcp.{domain}", None)
+            self._srv.pop(f"_xmpps-server._tcp.{domain}", None)
             self._a.pop(domain, None)
 
     # -- serving -------------------------------------------------------------

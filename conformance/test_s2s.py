@@ -33,7 +33,8 @@ import pytest
 from conftest import PASSWORD, ServerFactory
 from peers import MUC_PREFIX, PeerError, static_hosts
 from starling_server import free_ports, port_open
-from xmpp_client import (NS_CLIENT, Session, befriend, bare, presence, ptype, run)
+from xmpp_client import (NS_CLIENT, Session, befriend, bare, error_condition, presence,
+                         ptype, run)
 
 KINDS = ("prosody", "ejabberd")
 NEED = "prosody and ejabberd (Debian packages; scripts/install-deps installs them)"
@@ -41,6 +42,7 @@ NS_MUC = "http://jabber.org/protocol/muc"
 NS_MUC_USER = NS_MUC + "#user"
 NS_MUC_OWNER = NS_MUC + "#owner"
 NS_DATA = "jabber:x:data"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 WAIT = 30.0          # bound on each cross-server wait (first contact opens the streams)
 SCENARIO = 100.0     # bound on one test's whole conversation (pytest.ini: 120 s per test)
 AUTH_LINE = "s2s stream authenticated"
@@ -58,18 +60,22 @@ def start_peer(federation, tmp_path_factory, kind):
         pytest.fail(f"cannot start {kind} ({NEED}): {e}", pytrace=False)
 
 
-def starling_options(federation, domain, s2s_port, *, trusted_cert, trust, remotes):
+def starling_options(federation, domain, s2s_port, *, trusted_cert, trust, remotes,
+                     direct_tls=False):
     """ServerOptions for a federating Starling: s2s listener on `s2s_port`, a certificate
     for `domain` (and conference.<domain>) from the trusted or the untrusted CA, trusting
     only the CA `trust` (a testca.TestCa), `remotes` (peers or (domain, port)) in
-    static_hosts."""
+    static_hosts. `direct_tls`: the listener is the XEP-0368 direct TLS one (no STARTTLS
+    listener) and the peers are reached at their direct TLS ports ("tls://")."""
     cert = federation.cert(domain, trusted=trusted_cert)
+    listen = ({"s2s": "", "s2s_direct_tls": f"127.0.0.1:{s2s_port}"} if direct_tls
+              else {"s2s": f"127.0.0.1:{s2s_port}"})
     return dict(
         domains=[domain],
         extra_sections={
-            "listen": {"s2s": f"127.0.0.1:{s2s_port}"},
-            "s2s": {"static_hosts": static_hosts(*remotes), "ca_file": str(trust.ca_file),
-                    "use_system_roots": False},
+            "listen": listen,
+            "s2s": {"static_hosts": static_hosts(*remotes, direct_tls=direct_tls),
+                    "ca_file": str(trust.ca_file), "use_system_roots": False},
             "tls": {"cert": str(cert.chain), "key": str(cert.key)},
             "log": {"level": "info,starling::s2s=debug"},
         },
@@ -87,7 +93,10 @@ def started_starling(factory, federation, domain, s2s_port, **kwargs):
     server.domain = domain
     server.s2s_port = s2s_port
     server.kind = "starling"
-    federation.publish(domain, s2s_port)
+    if kwargs.get("direct_tls"):
+        federation.publish(domain, None, tls_port=s2s_port)   # only _xmpps-server SRV
+    else:
+        federation.publish(domain, s2s_port)
     return server
 
 
@@ -118,6 +127,17 @@ def starling(peer, federation, tmp_path_factory):
     """Starling with a trusted certificate, trusting the CA that signed the peer's."""
     with starling_for(peer, federation, tmp_path_factory, "starling",
                       trusted_cert=True, trust=federation.ca) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def direct_tls_starling(peer, federation, tmp_path_factory):
+    """Starling reachable only with XEP-0368 direct TLS (no STARTTLS listener; the peer
+    finds it through an `_xmpps-server` SRV record alone) and reaching the peer only at
+    the peer's direct TLS port (`tls://` in static_hosts): any stream between the two is
+    direct TLS by construction."""
+    with starling_for(peer, federation, tmp_path_factory, "directtls",
+                      trusted_cert=True, trust=federation.ca, direct_tls=True) as server:
         yield server
 
 
@@ -330,6 +350,54 @@ def test_s2s_starling_user_in_peer_room(starling, peer):
                          peer.muc), timeout=SCENARIO)
 
 
+def test_s2s_iq_both_ways(starling, peer):
+    """Server-addressed IQs across servers (RFC 6120 §8.2.3): each user asks the other
+    server for its disco#info, and gets the server/im identity back."""
+    s_jid, p_jid = new_user(starling, "iq"), new_user(peer, "iq")
+
+    async def identities(session, domain):
+        r = await session.iq_xml(f"<iq type='get' to='{domain}'>"
+                                 f"<query xmlns='{NS_DISCO_INFO}'/></iq>", timeout=WAIT)
+        assert r["type"] == "result", r
+        assert r.xml.get("from") == domain, r
+        return {(i.get("category"), i.get("type"))
+                for i in r.xml.iter(f"{{{NS_DISCO_INFO}}}identity")}
+
+    async def go():
+        async with online(starling, s_jid) as s, online(peer, p_jid) as p:
+            assert ("server", "im") in await identities(s, peer.domain)
+            assert ("server", "im") in await identities(p, starling.domain)
+    run(go(), timeout=SCENARIO)
+
+
+def test_s2s_direct_tls_both_ways(direct_tls_starling, peer, federation):
+    """XEP-0368: Starling and the peer reach each other only over direct TLS (Starling via
+    `tls://` static_hosts to the peer's direct TLS port, the peer via the `_xmpps-server`
+    SRV record of Starling's direct TLS listener, the only one it has). The peer speaks
+    first, so it opens a stream through the SRV record; then Starling's MUC service opens
+    one of its own (a mediated invitation from conference.<domain>), as XEP-0288 may let
+    replies to the peer reuse the peer's stream."""
+    starling = direct_tls_starling
+    s_jid, p_jid = new_user(starling, "dtls"), new_user(peer, "dtls")
+    room = f"dtls{next(_ids)}@{MUC_PREFIX}.{starling.domain}"
+
+    def invitation(m) -> bool:
+        return (m.xml.get("from") == room
+                and m.xml.find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite") is not None)
+
+    async def go():
+        async with online(starling, s_jid) as s, online(peer, p_jid) as p:
+            await chat(p, s, "direct tls in")
+            await chat(s, p, "direct tls out")
+            await join_room(s, room, "owner")
+            s.send_raw(f"<message to='{room}'><x xmlns='{NS_MUC_USER}'>"
+                       f"<invite to='{p_jid}'/></x></message>")
+            await p.next_message(invitation, timeout=WAIT)
+    run(go(), timeout=SCENARIO)
+    assert (f"_xmpps-server._tcp.{starling.domain}", 33) in federation.dns.queries
+    assert starling_auths(starling, peer.domain), starling.log_tail(lines=60)
+
+
 # --------------------------------------------------------------------------
 # Starling <-> Prosody / ejabberd, certificates not trusted: dialback
 # --------------------------------------------------------------------------
@@ -381,3 +449,29 @@ def test_s2s_two_starlings_exchange_messages(make_server, federation, method):
     finally:
         federation.unpublish(dom_a)
         federation.unpublish(dom_b)
+
+
+# --------------------------------------------------------------------------
+# Failures
+# --------------------------------------------------------------------------
+
+def test_s2s_unreachable_server_bounces_remote_server_not_found(make_server, federation):
+    """A message to a domain whose server refuses the connection comes back to the sender
+    as an error from the recipient's JID: remote-server-not-found (RFC 6120 §8.3.3.14)."""
+    port, dead_port = free_ports(2)   # nothing listens on dead_port
+    srv = started_starling(make_server, federation, "lonely.test", port,
+                           remotes=[("nowhere.test", dead_port)], trusted_cert=True,
+                           trust=federation.ca)
+    try:
+        jid = new_user(srv, "lone")
+
+        async def go():
+            async with online(srv, jid) as s:
+                s.send_message("ghost@nowhere.test", "anyone there?")
+                err = await s.next_message(lambda m: m.xml.get("type") == "error",
+                                           timeout=WAIT)
+                assert bare(err.xml.get("from")) == "ghost@nowhere.test", err
+                assert error_condition(err.xml) == "remote-server-not-found", err
+        run(go(), timeout=SCENARIO)
+    finally:
+        federation.unpublish("lonely.test")
