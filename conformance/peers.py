@@ -260,7 +260,7 @@ ssl = {{
 }}
 modules_enabled = {{
 	"roster"; "saslauth"; "tls"; "dialback"; "s2s_bidi"; "disco"; "ping"; "time";
-	"version"; "private"; "pep";
+	"version"; "private"; "pep"; "vcard";
 }}
 
 VirtualHost {_lua_str(self.domain)}
@@ -410,6 +410,10 @@ modules:
   mod_offline: {{}}
   mod_caps: {{}}
   mod_vcard: {{}}
+  mod_pubsub:
+    plugins:
+      - flat
+      - pep
   mod_s2s_dialback: {{}}
   mod_http_api: {{}}
   mod_muc:

@@ -43,6 +43,10 @@ NS_MUC_USER = NS_MUC + "#user"
 NS_MUC_OWNER = NS_MUC + "#owner"
 NS_DATA = "jabber:x:data"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_VCARD = "vcard-temp"
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+NS_PUBSUB_EVENT = NS_PUBSUB + "#event"
+PEP_NODE = "urn:example:federated-pep"
 WAIT = 30.0          # bound on each cross-server wait (first contact opens the streams)
 SCENARIO = 100.0     # bound on one test's whole conversation (pytest.ini: 120 s per test)
 AUTH_LINE = "s2s stream authenticated"
@@ -367,6 +371,94 @@ def test_s2s_iq_both_ways(starling, peer):
         async with online(starling, s_jid) as s, online(peer, p_jid) as p:
             assert ("server", "im") in await identities(s, peer.domain)
             assert ("server", "im") in await identities(p, starling.domain)
+    run(go(), timeout=SCENARIO)
+
+
+def test_s2s_vcard_across_servers(starling, peer):
+    """vcard-temp (XEP-0054) of an account on the other server: each user publishes a
+    vCard on its own server and reads the other's through s2s."""
+    s_jid, p_jid = new_user(starling, "card"), new_user(peer, "card")
+
+    async def set_fn(session, fn):
+        r = await session.iq_xml(f"<iq type='set'><vCard xmlns='{NS_VCARD}'><FN>{fn}</FN>"
+                                 f"</vCard></iq>", timeout=WAIT)
+        assert r["type"] == "result", r
+
+    async def get_fn(session, jid):
+        r = await session.iq_xml(f"<iq type='get' to='{jid}'><vCard xmlns='{NS_VCARD}'/></iq>",
+                                 timeout=WAIT)
+        assert r["type"] == "result", r
+        assert bare(r.xml.get("from")) == jid, r
+        return r.xml.findtext(f"{{{NS_VCARD}}}vCard/{{{NS_VCARD}}}FN")
+
+    async def go():
+        async with online(starling, s_jid) as s, online(peer, p_jid) as p:
+            await set_fn(s, "Sam on Starling")
+            await set_fn(p, f"Pat on {peer.kind}")
+            assert await get_fn(p, s_jid) == "Sam on Starling"
+            assert await get_fn(s, p_jid) == f"Pat on {peer.kind}"
+    run(go(), timeout=SCENARIO)
+
+
+def pep_session(server, jid: str) -> Session:
+    """A session whose XEP-0115 caps say `<PEP_NODE>+notify` (slixmpp's caps plugins); the
+    resource is fixed because slixmpp files its caps under the JID it had before binding."""
+    s = Session(server, jid, PASSWORD, resource="pep")
+    for plugin in ("xep_0060", "xep_0115", "xep_0163"):
+        s.xmpp.register_plugin(plugin)
+    s.xmpp["xep_0163"].add_interest(PEP_NODE)
+    return s
+
+
+def pep_event(sender_jid: str, text: str):
+    def match(m) -> bool:
+        items = m.xml.find(f"{{{NS_PUBSUB_EVENT}}}event/{{{NS_PUBSUB_EVENT}}}items")
+        return (bare(m.xml.get("from")) == sender_jid and items is not None
+                and items.get("node") == PEP_NODE
+                and m.xml.findtext(f".//{{{PEP_NODE}}}entry") == text)
+    return match
+
+
+async def pep_publish(session, text):
+    r = await session.iq_xml(
+        f"<iq type='set'><pubsub xmlns='{NS_PUBSUB}'><publish node='{PEP_NODE}'>"
+        f"<item id='current'><entry xmlns='{PEP_NODE}'>{text}</entry></item>"
+        f"</publish></pubsub></iq>", timeout=WAIT)
+    assert r["type"] == "result", r
+
+
+@pytest.mark.parametrize("publisher", [
+    pytest.param("starling", marks=pytest.mark.xfail(strict=True, reason=(
+        "PEP events go to local contacts only: pep::notify::broadcast keeps contacts of "
+        "served domains, and no remote resource's caps are resolved"))),
+    "peer",
+])
+def test_s2s_pep_notification_to_remote_contact(starling, peer, publisher):
+    """XEP-0163 across servers: mutual contacts whose caps ask for the node's notifications
+    (+notify, which the publisher's server learns with a disco#info query to the other's
+    client over s2s, XEP-0115) get each other's PEP publications: a Starling user's reaches
+    the peer user ('starling'), the peer user's reaches the Starling user ('peer')."""
+    s_jid, p_jid = new_user(starling, "pep"), new_user(peer, "pep")
+
+    async def go():
+        s, p = pep_session(starling, s_jid), pep_session(peer, p_jid)
+        for session in (s, p):
+            await session.connect()
+            # Recompute the caps hash now that binding added its last feature (XEP-0115
+            # caps): slixmpp computed it before connecting, and a server that verifies the
+            # hash (§5.4: ejabberd, Starling) would ignore a stale one.
+            await session.xmpp["xep_0115"].update_caps(session.jid, broadcast=False)
+        try:
+            await befriend(s, p)
+            if publisher == "starling":
+                await pep_publish(s, "from starling")
+                await p.next_message(pep_event(s_jid, "from starling"), timeout=WAIT)
+            else:
+                await pep_publish(p, f"from {peer.kind}")
+                await s.next_message(pep_event(p_jid, f"from {peer.kind}"), timeout=WAIT)
+        finally:
+            await s.disconnect()
+            await p.disconnect()
     run(go(), timeout=SCENARIO)
 
 
