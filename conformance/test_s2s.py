@@ -1,8 +1,9 @@
 """Federation (RFC 6120 server-to-server) between Starling and real Prosody 0.12 and
 ejabberd 23.01, and between two Starlings: chat both ways, mutual subscription with
-presence, MUC rooms on either side with occupants from the other, and which
-authentication the streams used — SASL EXTERNAL (XEP-0178) when both certificates are
-trusted, XEP-0220 dialback when they are not.
+presence, MUC rooms on either side with occupants from the other, server IQs, vCards and
+PEP events across servers, XEP-0368 direct TLS, and which authentication the streams used —
+SASL EXTERNAL (XEP-0178) when both certificates are trusted, XEP-0220 dialback when they
+are not; and what a sender gets back when the other server is unreachable or hangs.
 
 The peers come from peers.py (their own configs on loopback; they find Starling through
 the suite's stub DNS, see stubdns.py); Starling finds them through `s2s.static_hosts`.
@@ -26,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
+import socket
+import threading
 import time
 
 import pytest
@@ -512,6 +515,24 @@ def test_s2s_dialback_when_certificates_are_not_trusted(dialback_starling, peer)
         assert "dialback" in methods, peer.log_tail()
 
 
+def test_s2s_dialback_muc_both_ways(dialback_starling, peer):
+    """Dialback for more domain pairs than the first: the peer's user in a room of
+    Starling's MUC service (conference.<domain>, a second local domain towards the same
+    peer), then Starling's user in a room of the peer's. Every pair still authenticates
+    with dialback (XEP-0220 §4.3 multiplexing, or one stream per pair)."""
+    starling = dialback_starling
+    run(muc_conversation(starling, new_user(starling, "dbowner"), peer,
+                         new_user(peer, "dbguest"), f"{MUC_PREFIX}.{starling.domain}"),
+        timeout=SCENARIO)
+    run(muc_conversation(peer, new_user(peer, "dbowner"), starling,
+                         new_user(starling, "dbguest"), peer.muc), timeout=SCENARIO)
+    assert_starling_method(starling, peer.domain, "dialback")
+    assert_starling_method(starling, peer.muc, "dialback")
+    assert any(a.get("local") == f"{MUC_PREFIX}.{starling.domain}"
+               for a in starling_auths(starling, peer.domain)), starling_auths(starling,
+                                                                                peer.domain)
+
+
 # --------------------------------------------------------------------------
 # Starling <-> Starling
 # --------------------------------------------------------------------------
@@ -567,3 +588,60 @@ def test_s2s_unreachable_server_bounces_remote_server_not_found(make_server, fed
         run(go(), timeout=SCENARIO)
     finally:
         federation.unpublish("lonely.test")
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never says a word: a peer that hangs."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_s2s_hanging_server_bounces_every_queued_stanza_with_timeout(make_server, federation):
+    """Stanzas queued for a domain whose server accepts TCP but never answers all come
+    back, none vanish: remote-server-timeout (RFC 6120 §8.3.3.15) once
+    s2s.connect_timeout_secs has passed."""
+    silent = SilentServer()
+    (port,) = free_ports(1)
+    options = starling_options(federation, "patient.test", port, trusted_cert=True,
+                               trust=federation.ca, remotes=[("hang.test", silent.port)])
+    options["extra_sections"]["s2s"]["connect_timeout_secs"] = 2
+    srv = make_server(**options)
+    srv.domain, srv.kind = "patient.test", "starling"
+    try:
+        jid = new_user(srv, "wait")
+
+        async def go():
+            async with online(srv, jid) as s:
+                ids = [f"queued-{i}" for i in range(3)]
+                for i in ids:
+                    s.send_raw(f"<message type='chat' to='ghost@hang.test' id='{i}'>"
+                               f"<body>{i}</body></message>")
+                for i in ids:
+                    err = await s.next_message(lambda m, i=i: m.xml.get("id") == i,
+                                               timeout=WAIT)
+                    assert err.xml.get("type") == "error", err
+                    assert bare(err.xml.get("from")) == "ghost@hang.test", err
+                    assert error_condition(err.xml) == "remote-server-timeout", err
+        run(go(), timeout=SCENARIO)
+    finally:
+        silent.close()
