@@ -56,9 +56,9 @@ def _toml_value(value) -> str:
         return str(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):   # inline table, e.g. s2s.static_hosts
-        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}"
-                               for k, v in value.items()) + "}"
+    if isinstance(value, dict):   # inline table; keys quoted (domains contain dots)
+        return "{ " + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 

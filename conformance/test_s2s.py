@@ -430,12 +430,7 @@ async def pep_publish(session, text):
     assert r["type"] == "result", r
 
 
-@pytest.mark.parametrize("publisher", [
-    pytest.param("starling", marks=pytest.mark.xfail(strict=True, reason=(
-        "PEP events go to local contacts only: pep::notify::broadcast keeps contacts of "
-        "served domains, and no remote resource's caps are resolved"))),
-    "peer",
-])
+@pytest.mark.parametrize("publisher", ["starling", "peer"])
 def test_s2s_pep_notification_to_remote_contact(starling, peer, publisher):
     """XEP-0163 across servers: mutual contacts whose caps ask for the node's notifications
     (+notify, which the publisher's server learns with a disco#info query to the other's
