@@ -56,6 +56,10 @@ def missing_peer(kind: str) -> str | None:
     if kind == "prosody":
         if shutil.which("prosody") is None:
             return "prosody is not installed (run scripts/install-deps)"
+        # Without lua-unbound Prosody falls back to its own resolver, which has no
+        # `unbound` option: it could not find the other servers through the stub DNS.
+        if not list(Path("/usr/lib").glob("*/lua/5.4/lunbound.so")):
+            return "lua-unbound is not installed (run scripts/install-deps)"
         return None
     if kind == "ejabberd":
         if shutil.which("erl") is None or ejabberd_ebin() is None:

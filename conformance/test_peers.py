@@ -19,7 +19,6 @@ from peers import PeerError
 from xmpp_client import Session, run
 
 KINDS = ("prosody", "ejabberd")
-NEED = "prosody and ejabberd (Debian packages; scripts/install-deps installs them)"
 
 
 def start(federation, tmp_path_factory, kind, domain=None, trusted_cert=True):
@@ -27,7 +26,7 @@ def start(federation, tmp_path_factory, kind, domain=None, trusted_cert=True):
         return federation.start_peer(kind, tmp_path_factory.mktemp(f"peer-{kind}"),
                                      domain=domain, trusted_cert=trusted_cert)
     except PeerError as e:
-        pytest.fail(f"cannot start {kind} ({NEED}): {e}", pytrace=False)
+        pytest.fail(f"cannot start {kind}: {e}", pytrace=False)
 
 
 @pytest.fixture(scope="module")

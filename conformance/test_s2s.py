@@ -40,7 +40,6 @@ from xmpp_client import (NS_CLIENT, Session, befriend, bare, error_condition, pr
                          ptype, run)
 
 KINDS = ("prosody", "ejabberd")
-NEED = "prosody and ejabberd (Debian packages; scripts/install-deps installs them)"
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_MUC_USER = NS_MUC + "#user"
 NS_MUC_OWNER = NS_MUC + "#owner"
@@ -64,7 +63,7 @@ def start_peer(federation, tmp_path_factory, kind):
     try:
         return federation.start_peer(kind, tmp_path_factory.mktemp(f"peer-{kind}"))
     except PeerError as e:
-        pytest.fail(f"cannot start {kind} ({NEED}): {e}", pytrace=False)
+        pytest.fail(f"cannot start {kind}: {e}", pytrace=False)
 
 
 def starling_options(federation, domain, s2s_port, *, trusted_cert, trust, remotes,
