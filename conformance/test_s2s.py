@@ -59,9 +59,10 @@ _ids = itertools.count(1)
 # Servers
 # --------------------------------------------------------------------------
 
-def start_peer(federation, tmp_path_factory, kind):
+def start_peer(federation, tmp_path_factory, kind, domain=None):
     try:
-        return federation.start_peer(kind, tmp_path_factory.mktemp(f"peer-{kind}"))
+        return federation.start_peer(kind, tmp_path_factory.mktemp(f"peer-{kind}"),
+                                     domain=domain)
     except PeerError as e:
         pytest.fail(f"cannot start {kind}: {e}", pytrace=False)
 
@@ -525,6 +526,39 @@ def test_s2s_dialback_muc_both_ways(dialback_starling, peer):
     assert any(a.get("local") == f"{MUC_PREFIX}.{starling.domain}"
                for a in starling_auths(starling, peer.domain)), starling_auths(starling,
                                                                                 peer.domain)
+
+
+@pytest.mark.parametrize("initiator", ["starling", "prosody"])
+def test_s2s_bidi_with_prosody(make_server, federation, tmp_path_factory, initiator):
+    """XEP-0288 with Prosody (mod_s2s_bidi; ejabberd has no XEP-0288): whichever server
+    opens the stream asks for, or grants, bidirectionality, and the reply travels back over
+    that same stream — Starling's log shows only the one direction for the pair."""
+    prosody = start_peer(federation, tmp_path_factory, "prosody",
+                         domain=f"bidi-{initiator}-prosody.test")
+    (port,) = free_ports(1)
+    domain = f"bidi-{initiator}-starling.test"
+    try:
+        starling = started_starling(make_server, federation, domain, port, remotes=[prosody],
+                                    trusted_cert=True, trust=federation.ca)
+        s_jid, p_jid = new_user(starling, "bidi"), new_user(prosody, "bidi")
+
+        async def go():
+            async with online(starling, s_jid) as s, online(prosody, p_jid) as p:
+                first, second = (s, p) if initiator == "starling" else (p, s)
+                await chat(first, second, "opening the stream")
+                await chat(second, first, "reply over the same stream")
+        run(go(), timeout=SCENARIO)
+        directions = {a.get("direction") for a in starling_auths(starling, prosody.domain)}
+        assert directions == {"out" if initiator == "starling" else "in"}, \
+            starling_auths(starling, prosody.domain)
+        # Prosody's own account (its fresh log covers this pair only): it granted
+        # Starling's request, or made its own.
+        said = ("Requested bidirectional stream" if initiator == "starling"
+                else "Requesting bidirectional stream")
+        assert said in prosody.log_text(), prosody.log_tail()
+    finally:
+        federation.unpublish(domain)
+        federation.stop_peer(prosody)
 
 
 # --------------------------------------------------------------------------
