@@ -1,7 +1,7 @@
 """Federation (RFC 6120 server-to-server) between Starling and real Prosody 0.12 and
 ejabberd 23.01, and between two Starlings: chat both ways, mutual subscription with
 presence, MUC rooms on either side with occupants from the other, server IQs, vCards and
-PEP events across servers, XEP-0368 direct TLS, and which authentication the streams used —
+PEP events across servers, XEP-0368 direct TLS, XEP-0288 bidi streams, and which authentication the streams used —
 SASL EXTERNAL (XEP-0178) when both certificates are trusted, XEP-0220 dialback when they
 are not; and what a sender gets back when the other server is unreachable or hangs.
 
