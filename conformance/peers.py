@@ -1,7 +1,8 @@
 """Real Prosody 0.12 and ejabberd 23.01 (Debian packages) as federation peers.
 
 Each peer runs as our own process with a config of our own: 127.0.0.1 only, free ports (c2s,
-s2s, and for ejabberd an HTTP admin API), its own data and log files in the test's work dir,
+s2s with STARTTLS, s2s with XEP-0368 direct TLS, and for ejabberd an HTTP admin API), its
+own data and log files in the test's work dir,
 its own domain (`prosody.test`, `ejabberd.test`) with a MUC service
 (`conference.<domain>`), and a certificate from the session's test CA (testca.py). The
 system configs, ports and services of the packages are never used (`scripts/install-deps`
@@ -9,7 +10,9 @@ installs the packages without leaving their daemons running).
 
 How each peer finds the others at a free port on loopback: standard DNS, answered by the
 suite's stub server (stubdns.py) which publishes `_xmpp-server._tcp.<domain>` SRV records
-for every server of the session:
+(`_xmpps-server` for direct TLS) for every server of the session, with the address literal
+127.0.0.1 as target (ejabberd looks SRV targets up with the system's getaddrinfo, which
+would need /etc/hosts entries for a name):
   * Prosody resolves with libunbound (lua-unbound); its `unbound` option forwards all
     queries to the stub (`forward = "127.0.0.1@PORT"`, no resolv.conf, no hosts file) and
     turns off unbound's built-in refusal of the RFC 6761 `test.` zone
