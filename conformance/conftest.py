@@ -159,7 +159,29 @@ def pytest_runtest_makereport(item, call):
             tail = server.log_tail(marks.get(id(server), 0), lines=150)
             if tail:
                 report.sections.append((f"starling stderr ({server.workdir.name})", tail))
+        for federation in _FEDERATIONS:
+            for peer in federation.peers:
+                report.sections.append((f"{peer.kind} log ({peer.domain})",
+                                        peer.log_tail(lines=60)))
     return report
+
+
+# --------------------------------------------------------------------------
+# Federation: real Prosody and ejabberd peers (peers.py; test_peers.py, test_s2s.py)
+# --------------------------------------------------------------------------
+
+_FEDERATIONS: list = []
+
+
+@pytest.fixture(scope="session")
+def federation(tmp_path_factory):
+    """The session's test CAs and stub DNS; start peers with federation.start_peer()."""
+    from peers import Federation
+    fed = Federation(tmp_path_factory.mktemp("federation"))
+    _FEDERATIONS.append(fed)
+    yield fed
+    _FEDERATIONS.remove(fed)
+    fed.close()
 
 
 # --------------------------------------------------------------------------
