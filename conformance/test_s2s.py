@@ -1,7 +1,7 @@
 """Federation (RFC 6120 server-to-server) between Starling and real Prosody 0.12 and
 ejabberd 23.01, and between two Starlings: chat both ways, mutual subscription with
 presence, MUC rooms on either side with occupants from the other, server IQs, vCards and
-PEP events across servers, XEP-0368 direct TLS, XEP-0288 bidi streams, and which authentication the streams used —
+PEP events and XEP-0357 push across servers, XEP-0368 direct TLS, XEP-0288 bidi streams, and which authentication the streams used —
 SASL EXTERNAL (XEP-0178) when both certificates are trusted, XEP-0220 dialback when they
 are not; and what a sender gets back when the other server is unreachable or hangs.
 
@@ -32,12 +32,14 @@ import threading
 import time
 
 import pytest
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from conftest import PASSWORD, ServerFactory
 from peers import MUC_PREFIX, PeerError, static_hosts
 from starling_server import free_ports, port_open
-from xmpp_client import (NS_CLIENT, Session, befriend, bare, error_condition, presence,
-                         ptype, run)
+from xmpp_client import (NS_CLIENT, Inbox, Session, befriend, bare, error_condition, presence,
+                         ptype, q, run)
 
 KINDS = ("prosody", "ejabberd")
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -304,6 +306,48 @@ def test_s2s_message_both_ways(starling, peer):
         async with online(starling, s_jid) as s, online(peer, p_jid) as p:
             await chat(s, p, f"hello {peer.kind}")
             await chat(p, s, "hello starling")
+    run(go(), timeout=SCENARIO)
+
+
+def test_s2s_push_notification_reaches_an_app_server_on_the_peer(starling, peer):
+    """XEP-0357 across servers, as Conversations and Monal use it: the App Server is on
+    another server. A Starling user registers a push service that is a peer account's
+    client; a message stored offline for the user makes Starling publish the XEP-0357
+    summary to it over s2s, and the App Server's answer comes back."""
+    ns_push = "urn:xmpp:push:0"
+    user, sender, app = (new_user(starling, "phone"), new_user(starling, "friend"),
+                         new_user(peer, "appsrv"))
+
+    async def go():
+        service = Session(peer, app, PASSWORD, resource="push")
+        service.publishes = Inbox("push publish", [])
+
+        def on_publish(iq):
+            if iq["type"] == "set":
+                service.publishes.put(iq)
+                service.send_raw(f"<iq type='result' id='{iq['id']}' to='{iq['from']}'/>")
+
+        service.xmpp.register_handler(Callback(
+            "push publish", MatchXPath(f"{q(NS_CLIENT, 'iq')}/{q(NS_PUBSUB, 'pubsub')}"),
+            on_publish))
+        await service.connect()
+        try:
+            # The phone never sends available presence: messages to it go offline.
+            async with online(starling, user, initial_presence=False) as phone:
+                r = await phone.iq_xml(f"<iq type='set'><enable xmlns='{ns_push}' "
+                                       f"jid='{app}/push' node='node-1'/></iq>")
+                assert r["type"] == "result", r
+            async with online(starling, sender) as f:
+                f.send_message(user, "wake up")
+                iq = await service.publishes.take(None, WAIT)
+            assert bare(iq["from"]) == user, iq
+            publish = iq.xml.find(f"{q(NS_PUBSUB, 'pubsub')}/{q(NS_PUBSUB, 'publish')}")
+            assert publish is not None and publish.get("node") == "node-1", iq
+            fields = {f.get("var"): [v.text for v in f.findall(q(NS_DATA, "value"))]
+                      for f in publish.iter(q(NS_DATA, "field"))}
+            assert fields.get("message-count") == ["1"], fields
+        finally:
+            await service.disconnect()
     run(go(), timeout=SCENARIO)
 
 
