@@ -422,6 +422,16 @@ async fn outbound_inner(
     if !o.route {
         return Ok(());
     }
+    // The subscription stanza first, then what it entails (§3.1.5, §3.2.2: the subscriber
+    // sees 'subscribed' before the contact's presence, 'unsubscribed' before unavailable).
+    let mut q = VecDeque::new();
+    q.push_back(SubStanza {
+        from: me.clone(),
+        to: contact.clone(),
+        kind,
+        bytes,
+    });
+    deliver_inbound(server, q).await;
     match kind {
         // §3.1.5: after approving, the contact's current presence goes to the new subscriber.
         SubType::Subscribed => {
@@ -432,14 +442,6 @@ async fn outbound_inner(
         SubType::Unsubscribed => unavailable_to(server, me, &contact),
         _ => {}
     }
-    let mut q = VecDeque::new();
-    q.push_back(SubStanza {
-        from: me.clone(),
-        to: contact,
-        kind,
-        bytes,
-    });
-    deliver_inbound(server, q).await;
     Ok(())
 }
 
