@@ -234,7 +234,9 @@ class StarlingServer:
                 raise ServerError(
                     f"starling exited during start-up with code {self.process.returncode}\n"
                     + self.log_tail())
-            if all(port_open(p) for p in ports):
+            # Ready: every port accepts and the server has logged that it started (its
+            # "listening" lines come before that one, and its signal handlers are in place).
+            if all(port_open(p) for p in ports) and self._started_logged():
                 return
             time.sleep(0.05)
         self.kill()
@@ -281,6 +283,13 @@ class StarlingServer:
         code = self.stop()
         self.start()
         return code
+
+    def _started_logged(self) -> bool:
+        if os.environ.get("CONF_RUST_LOG"):
+            return True   # a custom filter may hide the info line; the ports must do
+        text = self.log_path.read_bytes()
+        last = text.rfind(b"=== conformance: starting starling serve ===")
+        return b"Starling started" in text[last:]
 
     def cleanup(self) -> None:
         self.kill()
