@@ -70,12 +70,14 @@ def start_peer(federation, tmp_path_factory, kind, domain=None):
 
 
 def starling_options(federation, domain, s2s_port, *, trusted_cert, trust, remotes,
-                     direct_tls=False):
+                     direct_tls=False, dns=False):
     """ServerOptions for a federating Starling: s2s listener on `s2s_port`, a certificate
     for `domain` (and conference.<domain>) from the trusted or the untrusted CA, trusting
     only the CA `trust` (a testca.TestCa), `remotes` (peers or (domain, port)) in
     static_hosts. `direct_tls`: the listener is the XEP-0368 direct TLS one (no STARTTLS
-    listener) and the peers are reached at their direct TLS ports ("tls://")."""
+    listener) and the peers are reached at their direct TLS ports ("tls://"). `dns`: no
+    static_hosts; Starling finds the peers through SRV records in the suite's stub DNS
+    (`s2s.resolver`)."""
     cert = federation.cert(domain, trusted=trusted_cert)
     listen = ({"s2s": "", "s2s_direct_tls": f"127.0.0.1:{s2s_port}"} if direct_tls
               else {"s2s": f"127.0.0.1:{s2s_port}"})
@@ -83,8 +85,9 @@ def starling_options(federation, domain, s2s_port, *, trusted_cert, trust, remot
         domains=[domain],
         extra_sections={
             "listen": listen,
-            "s2s": {"static_hosts": static_hosts(*remotes, direct_tls=direct_tls),
-                    "ca_file": str(trust.ca_file), "use_system_roots": False},
+            "s2s": ({"resolver": f"{federation.dns.host}:{federation.dns.port}"} if dns else
+                    {"static_hosts": static_hosts(*remotes, direct_tls=direct_tls)})
+                   | {"ca_file": str(trust.ca_file), "use_system_roots": False},
             "tls": {"cert": str(cert.chain), "key": str(cert.key)},
             "log": {"level": "info,starling::s2s=debug"},
         },
@@ -349,6 +352,22 @@ def test_s2s_push_notification_reaches_an_app_server_on_the_peer(starling, peer)
         finally:
             await service.disconnect()
     run(go(), timeout=SCENARIO)
+
+
+def test_s2s_peer_found_through_dns_srv_records(peer, federation, tmp_path_factory):
+    """RFC 6120 §3.2.1 resolution: no static_hosts, Starling looks up the peer's
+    `_xmpp-server._tcp` SRV record (the suite's stub DNS as `s2s.resolver`) and connects to
+    the port it names; the peer finds Starling the same way."""
+    with starling_for(peer, federation, tmp_path_factory, "srv", trusted_cert=True,
+                      trust=federation.ca, dns=True) as starling:
+        s_jid, p_jid = new_user(starling, "dns"), new_user(peer, "dns")
+
+        async def go():
+            async with online(starling, s_jid) as s, online(peer, p_jid) as p:
+                await chat(s, p, "found you in DNS")
+                await chat(p, s, "and back")
+        run(go(), timeout=SCENARIO)
+        assert_starling_method(starling, peer.domain, "external")
 
 
 def test_s2s_sasl_external_when_certificates_are_trusted(starling, peer):

@@ -11,6 +11,9 @@ pub struct S2sConfig {
     /// Domain → "host:port" used instead of DNS (intranets, tests). A "tls://" prefix means
     /// direct TLS (XEP-0368) to that address, otherwise STARTTLS.
     pub static_hosts: BTreeMap<String, String>,
+    /// The DNS server ("address:port") to look up remote domains with, instead of the
+    /// system's (/etc/resolv.conf): split-horizon intranets, tests. Empty: the system's.
+    pub resolver: String,
     /// Extra trust roots (PEM file) for peer certificates, on top of the system roots.
     pub ca_file: String,
     /// Trust the system's root certificates (Debian: /etc/ssl/certs) for peer certificates.
@@ -43,6 +46,7 @@ impl Default for S2sConfig {
         S2sConfig {
             enabled: true,
             static_hosts: BTreeMap::new(),
+            resolver: String::new(),
             ca_file: String::new(),
             use_system_roots: true,
             require_valid_certificates: false,
@@ -63,6 +67,12 @@ impl S2sConfig {
         }
         if self.max_queue == 0 || self.max_streams == 0 || self.max_domain_pairs == 0 {
             return Err("s2s: max_queue, max_streams and max_domain_pairs must be positive".into());
+        }
+        if !self.resolver.is_empty() && self.resolver.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "s2s.resolver: {:?} is not address:port",
+                self.resolver
+            ));
         }
         for (domain, target) in &self.static_hosts {
             let addr = target.strip_prefix("tls://").unwrap_or(target);

@@ -39,9 +39,21 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    async fn dns(&self) -> Option<&TokioResolver> {
+    async fn dns(&self, config: &S2sConfig) -> Option<&TokioResolver> {
         self.dns
             .get_or_init(|| async {
+                if let Ok(server) = config.resolver.parse::<std::net::SocketAddr>() {
+                    // `s2s.resolver`: this name server only (split-horizon intranets, tests).
+                    use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+                    use hickory_resolver::name_server::TokioConnectionProvider;
+                    let servers =
+                        NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
+                    let rc = ResolverConfig::from_parts(None, vec![], servers);
+                    return Some(
+                        TokioResolver::builder_with_config(rc, TokioConnectionProvider::default())
+                            .build(),
+                    );
+                }
                 match TokioResolver::builder_tokio() {
                     Ok(b) => Some(b.build()),
                     Err(e) => {
@@ -60,7 +72,7 @@ impl Resolver {
         if let Some(t) = config.static_hosts.get(domain) {
             return static_target(t).into_iter().collect();
         }
-        let Some(dns) = self.dns().await else {
+        let Some(dns) = self.dns(config).await else {
             return fallback(domain);
         };
         let mut answers = [Vec::new(), Vec::new()];
