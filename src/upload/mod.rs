@@ -101,6 +101,11 @@ pub fn service(config: &crate::config::Config) -> Option<Arc<dyn crate::services
 
 /// The HTTP routes (empty when the service is off).
 pub fn routes(state: Arc<crate::server::ServerState>) -> axum::Router {
+    let listen = &state.config.listen;
+    if listen.http.is_empty() && listen.https.is_empty() {
+        // Nothing serves these routes; `service` has already said why upload is off.
+        return axum::Router::new();
+    }
     match Upload::from_config(&state.config) {
         Some(up) => http::routes(state, up),
         None => axum::Router::new(),
