@@ -12,7 +12,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::sasl::ChannelBindings;
 use crate::server::ServerState;
-use crate::stanza::NS_STREAMS;
 use crate::xml::{self, Event, StreamParser, XmlError, NS_STREAM};
 
 pub mod csi;
@@ -305,17 +304,7 @@ impl Conn {
             if !self.header_sent {
                 self.send_header();
             }
-            let mut e = format!("<stream:error><{cond} xmlns='{NS_STREAMS}'/>");
-            if let Some(a) = app {
-                e.push_str(&a);
-            }
-            if let Some(t) = text {
-                e.push_str(&format!(
-                    "<text xmlns='{NS_STREAMS}' xml:lang='en'>{}</text>",
-                    xml::escape(&t)
-                ));
-            }
-            e.push_str("</stream:error>");
+            let e = xml::stream_error(cond, app.as_deref(), text.as_deref());
             self.out.extend_from_slice(e.as_bytes());
         }
         if self.header_sent {

@@ -25,7 +25,7 @@ use super::ns::{self, NS_ACCEPT};
 use super::{Component, Components};
 use crate::federation::RemoteError;
 use crate::server::ServerState;
-use crate::stanza::{error_reply, parse_jid, Condition, StanzaError, NS_STREAMS};
+use crate::stanza::{error_reply, parse_jid, Condition, StanzaError};
 use crate::xml::{self, Event, Stanza, StreamParser, XmlError, NS_STREAM};
 
 /// Bytes read from the socket at once.
@@ -335,14 +335,7 @@ impl Conn {
                 if !self.header_sent {
                     self.send_header(&crate::stanza::random_id());
                 }
-                let mut e = format!("<stream:error><{cond} xmlns='{NS_STREAMS}'/>");
-                if let Some(t) = text {
-                    e.push_str(&format!(
-                        "<text xmlns='{NS_STREAMS}' xml:lang='en'>{}</text>",
-                        xml::escape(&t)
-                    ));
-                }
-                e.push_str("</stream:error>");
+                let e = xml::stream_error(cond, None, text.as_deref());
                 self.out.extend_from_slice(e.as_bytes());
             }
         }

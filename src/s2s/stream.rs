@@ -13,7 +13,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::server::ServerState;
-use crate::stanza::NS_STREAMS;
 use crate::xml::{self, NsContext, Stanza, StreamHeader, NS_CLIENT, NS_SERVER, NS_STREAM};
 
 pub use super::dialback::{NS_DIALBACK, NS_DIALBACK_FEATURE};
@@ -44,15 +43,7 @@ impl StreamError {
 
     /// `<stream:error>…</stream:error>` (the `stream` prefix is the one [`header`] declares).
     pub fn to_xml(&self) -> String {
-        let mut e = format!("<stream:error><{} xmlns='{NS_STREAMS}'/>", self.condition);
-        if let Some(t) = &self.text {
-            e.push_str(&format!(
-                "<text xmlns='{NS_STREAMS}' xml:lang='en'>{}</text>",
-                xml::escape(t)
-            ));
-        }
-        e.push_str("</stream:error>");
-        e
+        xml::stream_error(self.condition, None, self.text.as_deref())
     }
 }
 
@@ -454,7 +445,7 @@ mod tests {
         let e = StreamError::new("invalid-from", "a<b");
         assert_eq!(
             e.to_xml(),
-            format!("<stream:error><invalid-from xmlns='{NS_STREAMS}'/><text xmlns='{NS_STREAMS}' xml:lang='en'>a&lt;b</text></stream:error>")
+            format!("<stream:error><invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams' xml:lang='en'>a&lt;b</text></stream:error>")
         );
     }
 

@@ -793,6 +793,26 @@ pub fn to_bytes(el: &minidom::Element) -> Bytes {
     }
 }
 
+/// A `<stream:error/>` (RFC 6120 §4.9) with its defined condition, an optional
+/// application-specific condition element (already serialized) and an optional text, for
+/// every stream kind (c2s, s2s, components): the `stream` prefix is the one their headers
+/// declare.
+pub fn stream_error(condition: &str, app: Option<&str>, text: Option<&str>) -> String {
+    use crate::stanza::NS_STREAMS;
+    let mut e = format!("<stream:error><{condition} xmlns='{NS_STREAMS}'/>");
+    if let Some(a) = app {
+        e.push_str(a);
+    }
+    if let Some(t) = text {
+        e.push_str(&format!(
+            "<text xmlns='{NS_STREAMS}' xml:lang='en'>{}</text>",
+            escape(t)
+        ));
+    }
+    e.push_str("</stream:error>");
+    e
+}
+
 /// Escape text for use in an attribute value or character data.
 pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     let needs = |b: u8| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"');
