@@ -443,7 +443,8 @@ async fn idle_stream_is_closed_and_reopened_on_demand() {
 }
 
 /// With `s2s.require_valid_certificates`, a peer whose certificate does not chain to a
-/// trusted root gets no authentication attempt and no stanza.
+/// trusted root gets no authentication attempt and no stanza: a `policy-violation` stream
+/// error, then the end of the stream.
 #[tokio::test]
 async fn untrusted_peer_certificate_is_refused_when_required() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -458,6 +459,13 @@ async fn untrusted_peer_certificate_is_refused_when_required() {
     let mut peer = Peer::accept(&listener).await.tls(&tls).await;
     peer.open("cert-1", "<dialback xmlns='urn:xmpp:features:dialback'/>")
         .await;
+    match peer.try_event().await {
+        Some(Event::Stanza(st)) if st.name == "error" => {
+            let raw = String::from_utf8_lossy(st.raw()).into_owned();
+            assert!(raw.contains("<policy-violation"), "{raw}");
+        }
+        other => panic!("expected a policy-violation stream error, got {other:?}"),
+    }
     match peer.try_event().await {
         Some(Event::Close) | None => {}
         Some(other) => panic!("expected the stream to end unauthenticated, got {other:?}"),

@@ -250,6 +250,14 @@ impl Conn {
         })
     }
 
+    /// End the stream because of a policy we apply (RFC 6120 §4.9: say why, then close)
+    /// rather than dropping the TCP connection on the peer.
+    async fn fail(&mut self, condition: &str, text: &str) {
+        let e = crate::xml::stream_error(condition, None, Some(text));
+        let _ = self.write(e.as_bytes()).await;
+        self.close().await;
+    }
+
     /// Close our stream (the peer closes its side; we do not wait for it).
     pub async fn close(&mut self) {
         let _ = self.write(b"</stream:stream>").await;
@@ -316,6 +324,7 @@ pub(super) async fn establish(
                 continue;
             }
             if config.require_tls {
+                conn.fail("policy-violation", "TLS is required").await;
                 return Err(OutError::TlsRequired);
             }
         }
@@ -326,6 +335,8 @@ pub(super) async fn establish(
         if config.require_valid_certificates
             && !(conn.tls && s2s.tls.valid_for(&conn.peer_chain, remote))
         {
+            let why = format!("certificate not valid for {remote}");
+            conn.fail("policy-violation", &why).await;
             return Err(OutError::BadCertificate);
         }
         if !conn.bidi && has("bidi", NS_BIDI_FEATURE) {
@@ -388,10 +399,13 @@ async fn dialback_result(
         }
         return match st.type_.as_deref() {
             Some("valid") => Ok(()),
-            other => Err(OutError::Refused(format!(
-                "db:result type={}",
-                other.unwrap_or("(none)")
-            ))),
+            other => {
+                conn.close().await;
+                Err(OutError::Refused(format!(
+                    "db:result type={}",
+                    other.unwrap_or("(none)")
+                )))
+            }
         };
     }
 }
