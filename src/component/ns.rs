@@ -2,7 +2,7 @@
 //! the `jabber:client` form the core routes.
 //!
 //! Both namespaces are stream defaults, so a stanza that declares none is the same bytes in
-//! either stream: that common case costs one validation pass and no tree. Only a stanza
+//! either stream: that common case costs no second validation pass and no tree. Only a stanza
 //! that declares its namespace on itself (`<message xmlns='jabber:client'>`, as trees built
 //! by handlers serialize) is rebuilt.
 
@@ -36,6 +36,13 @@ fn accept_ctx() -> Arc<NsContext> {
 /// 'from'/'to' replaced by the normalized addresses. None if it cannot be re-read (it was
 /// validated once already, so only a namespace the core cannot take would do that).
 pub fn to_client(st: &Stanza, from: &str, to: &str) -> Option<Stanza> {
+    let same_addresses = st.from.as_deref() == Some(from) && st.to.as_deref() == Some(to);
+    if same_addresses && memchr::memmem::find(st.raw(), NS_ACCEPT.as_bytes()).is_none() {
+        // The usual case: validated once by the stream's parser, addresses already normal;
+        // only the default namespace changes.
+        let s = st.with_default_ns(NS_CLIENT);
+        return (s.ns == NS_CLIENT).then_some(s);
+    }
     let s = Stanza::parse(st.rewrite(Some(from), Some(to)), client_ctx()).ok()?;
     if s.ns == NS_CLIENT {
         return Some(s);
@@ -56,6 +63,9 @@ pub fn parse_client(bytes: Bytes) -> Option<Stanza> {
 /// it) as a stanza of the component's stream. Elements that are jabber:client only because
 /// they are embedded (a forwarded message) keep their namespace.
 pub fn to_accept(bytes: Bytes) -> Bytes {
+    if memchr::memmem::find(&bytes, NS_CLIENT.as_bytes()).is_none() {
+        return bytes; // declares no jabber:client: the same bytes mean the same there
+    }
     match Stanza::parse(bytes.clone(), accept_ctx()) {
         Ok(s) if s.ns == NS_CLIENT => match s.element() {
             Ok(el) => to_bytes(&swap(el, NS_CLIENT, NS_ACCEPT, false)),

@@ -215,12 +215,8 @@ pub async fn dispatch(
 pub fn normalize(stanza: &Stanza) -> Result<Stanza, StreamError> {
     let raw = stanza.raw();
     if memchr::memmem::find(raw, NS_SERVER.as_bytes()).is_none() {
-        let ctx = stanza.ns_context();
-        let client = Arc::new(NsContext {
-            default_ns: Some(NS_CLIENT.to_string()),
-            prefixes: ctx.prefixes.clone(),
-        });
-        return Ok(Stanza::parse(raw.clone(), client)?);
+        // Validated once by the stream's parser; only the default namespace changes.
+        return Ok(stanza.with_default_ns(NS_CLIENT));
     }
     // Rare: an explicit xmlns='jabber:server' somewhere (or the text mentions it).
     let el = client_namespace(stanza.element()?);

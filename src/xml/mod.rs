@@ -140,6 +140,30 @@ impl Stanza {
         })
     }
 
+    /// The same stanza read with `default_ns` as its stream's default namespace instead of
+    /// the one it was parsed with (s2s `jabber:server` and component streams to the
+    /// core's `jabber:client`), without validating the bytes again: nothing validation
+    /// checks depends on which namespace the default is. Only correct when the old default
+    /// namespace is not written in the bytes (every element in it got it by inheritance):
+    /// the caller checks that; then exactly those elements move to `default_ns`.
+    pub fn with_default_ns(&self, default_ns: &str) -> Stanza {
+        let old = self.ctx.default_ns.as_deref();
+        let ns = if old == Some(self.ns.as_str()) {
+            default_ns.to_string()
+        } else {
+            self.ns.clone()
+        };
+        Stanza {
+            ns,
+            ctx: Arc::new(NsContext {
+                default_ns: Some(default_ns.to_string()),
+                // Same prefixes, same order: `inherited` indexes stay valid.
+                prefixes: self.ctx.prefixes.clone(),
+            }),
+            ..self.clone()
+        }
+    }
+
     /// Full tree with namespaces resolved against the stream context.
     pub fn element(&self) -> Result<minidom::Element, XmlError> {
         let s = std::str::from_utf8(&self.raw).map_err(|_| validate::nwf("invalid UTF-8"))?;

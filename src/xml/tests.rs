@@ -754,3 +754,31 @@ fn mismatched_end_tag_is_refused_immediately() {
     p.feed(b"<message xmlns:a='urn:a'><a:x><a:y/></a:x><body>1</body></message>");
     assert!(matches!(p.next_event(), Ok(Some(Event::Stanza(_)))));
 }
+
+/// Re-reading a validated s2s stanza in jabber:client (no second validation) gives what
+/// parsing it in a jabber:client stream gives: inherited elements move, declared ones and
+/// stream-level prefixes stay.
+#[test]
+fn with_default_ns_matches_a_fresh_parse() {
+    let server = Arc::new(NsContext {
+        default_ns: Some("jabber:server".into()),
+        prefixes: vec![("db".into(), "jabber:server:dialback".into())],
+    });
+    let client = Arc::new(NsContext {
+        default_ns: Some(NS_CLIENT.into()),
+        prefixes: server.prefixes.clone(),
+    });
+    let raw = Bytes::from_static(
+        b"<message from='a@x' to='b@y'><body>hi</body><z xmlns='urn:z'><w/></z></message>",
+    );
+    let moved = Stanza::parse(raw.clone(), server)
+        .unwrap()
+        .with_default_ns(NS_CLIENT);
+    let fresh = Stanza::parse(raw, client).unwrap();
+    assert_eq!(moved.ns, NS_CLIENT);
+    assert_eq!(moved.element().unwrap(), fresh.element().unwrap());
+    assert_eq!(
+        moved.rewrite(Some("c@x"), None),
+        fresh.rewrite(Some("c@x"), None)
+    );
+}
